@@ -1,0 +1,187 @@
+"""A PT/IT pair: two raw-mode TransformerBridge models, one tokenizer, checked compatible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hooklab.architectures import ArchitectureSpec, spec_for_architecture, spec_for_config
+from hooklab.catalog import paper_pair
+from hooklab.compatibility import CompatibilityReport, check_compatibility
+from hooklab.errors import HooklabError
+from hooklab.loading import (
+    CheckpointSource,
+    boot_bridge,
+    load_config,
+    load_tokenizer,
+    parse_dtype,
+    resolve_device,
+    resolve_source,
+)
+
+__all__ = ["ModelPair", "load_pair"]
+
+
+@dataclass(eq=False)
+class ModelPair:
+    """A pretrained (``pt``) and instruction-tuned (``it``) model of one family.
+
+    Attributes:
+        pt: the pretrained model, a TransformerBridge in raw mode and eval mode.
+        it: the instruction-tuned model, likewise.
+        tokenizer: the one tokenizer both models use (the IT side's, with its chat template).
+        family: the adapter family (see :mod:`hooklab.architectures`).
+        pt_source: where ``pt`` came from (id or folder, revision, resolved commit).
+        it_source: where ``it`` came from.
+        dtype: the models' dtype.
+        device: the models' device.
+        compatibility: the checks the pair passed.
+    """
+
+    pt: Any
+    it: Any
+    tokenizer: Any
+    family: str
+    pt_source: CheckpointSource
+    it_source: CheckpointSource
+    dtype: torch.dtype
+    device: str
+    compatibility: CompatibilityReport = field(repr=False)
+
+    @property
+    def spec(self) -> ArchitectureSpec:
+        return spec_for_architecture(str(self.pt.cfg.architecture))
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.pt.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.pt.cfg.d_model)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.pt.cfg.d_vocab)
+
+    def models(self) -> dict[str, Any]:
+        """``{"pt": pt, "it": it}``, in that order."""
+        return {"pt": self.pt, "it": self.it}
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the pair."""
+        return {
+            "family": self.family,
+            "pt": {"id": self.pt_source.name_or_path, "revision": self.pt_source.revision,
+                   "commit": self.pt_source.commit},
+            "it": {"id": self.it_source.name_or_path, "revision": self.it_source.revision,
+                   "commit": self.it_source.commit},
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "d_vocab": self.d_vocab,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelPair(family={self.family!r}, pt={self.pt_source.name_or_path!r}, "
+            f"it={self.it_source.name_or_path!r}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, dtype={self.dtype}, device={self.device!r})"
+        )
+
+
+def _with_commit(source: CheckpointSource, config: Any) -> CheckpointSource:
+    commit = getattr(config, "_commit_hash", None)
+    if source.is_local or not commit:
+        return source
+    return CheckpointSource(source.name_or_path, source.revision, False, commit)
+
+
+def load_pair(
+    name: str | None = None,
+    *,
+    pt: str | Path | None = None,
+    it: str | Path | None = None,
+    pt_revision: str | None = None,
+    it_revision: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> ModelPair:
+    """Load a PT/IT pair, refusing it before any weights load if the two cannot be compared.
+
+    Args:
+        name: a paper pair's short name (``"gemma3-4b"``, ``"llama3.1-8b"``, ``"qwen3-4b"``,
+            ``"mistral-7b-v0.3"``, ``"olmo2-7b"``, ``"deepseek-v2-lite"``); or leave it out and
+            pass ``pt`` and ``it``.
+        pt: hub id or local folder of the pretrained checkpoint.
+        it: hub id or local folder of the instruction-tuned checkpoint.
+        pt_revision: branch, tag or commit of ``pt`` on the hub.
+        it_revision: branch, tag or commit of ``it`` on the hub.
+        dtype: model dtype (``"float32"``, ``"bfloat16"``, ``"float16"``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; default: CUDA when available.
+        trust_remote_code: run modelling code shipped with a checkpoint (off by default).
+
+    Raises:
+        CheckpointUnavailableError: a folder is missing, the hub is unreachable, a model is
+            gated, a revision does not exist.
+        UnsupportedArchitectureError: a checkpoint is of a family hooklab has no adapter for.
+        PairMismatchError: architecture, layer count, d_model, vocabulary size or tokenization
+            differ; the message names each difference and both values.
+
+    Example:
+        >>> pair = load_pair(pt="ckpt/pt", it="ckpt/it")  # doctest: +SKIP
+        >>> pair = load_pair("gemma3-4b", dtype="bfloat16")  # doctest: +SKIP
+    """
+    if name is not None:
+        if pt is not None or it is not None:
+            raise HooklabError(
+                f"load_pair got name={name!r} and pt/it as well; pass a pair name or pt=... and "
+                "it=..., not both."
+            )
+        entry = paper_pair(name)
+        pt, it = entry.pt, entry.it
+    if pt is None or it is None:
+        missing = " and ".join(arg for arg, value in (("pt", pt), ("it", it)) if value is None)
+        raise HooklabError(
+            f"load_pair needs {missing}: pass a pair name (e.g. load_pair('gemma3-4b')) or both "
+            "pt=... and it=... (hub ids or local folders)."
+        )
+    torch_dtype = parse_dtype(dtype)
+    device_name = resolve_device(device)
+    pt_source = resolve_source(pt, pt_revision, argument="pt")
+    it_source = resolve_source(it, it_revision, argument="it")
+    pt_config = load_config(pt_source, trust_remote_code=trust_remote_code, argument="pt")
+    it_config = load_config(it_source, trust_remote_code=trust_remote_code, argument="it")
+    spec = spec_for_config(pt_config)
+    spec_for_config(it_config)
+    pt_tokenizer = load_tokenizer(pt_source, trust_remote_code=trust_remote_code, argument="pt")
+    it_tokenizer = load_tokenizer(it_source, trust_remote_code=trust_remote_code, argument="it")
+    report = check_compatibility(pt_config, it_config, pt_tokenizer, it_tokenizer)
+    report.raise_if_incompatible(str(pt), str(it))
+    models = {
+        side: boot_bridge(
+            source,
+            tokenizer=it_tokenizer,
+            dtype=torch_dtype,
+            device=device_name,
+            trust_remote_code=trust_remote_code,
+            argument=side,
+        )
+        for side, source in (("pt", pt_source), ("it", it_source))
+    }
+    return ModelPair(
+        pt=models["pt"],
+        it=models["it"],
+        tokenizer=it_tokenizer,
+        family=spec.family,
+        pt_source=_with_commit(pt_source, pt_config),
+        it_source=_with_commit(it_source, it_config),
+        dtype=torch_dtype,
+        device=device_name,
+        compatibility=report,
+    )

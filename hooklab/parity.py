@@ -1,0 +1,107 @@
+"""Parity of a bridge with Hugging Face and the identities hooklab relies on.
+
+For one model and a batch of tokens this measures, as max absolute differences:
+
+* ``hf_logits``: bridge logits vs the Hugging Face model's eager-attention logits;
+* ``resid_identity``: ``hook_resid_post - (hook_resid_mid + hook_mlp_out)`` over all layers;
+* ``readout``: :func:`~hooklab.architectures.read_logits` of the last ``hook_resid_post`` vs
+  the model's logits (soft-cap included);
+* ``mlp_path``: :func:`~hooklab.architectures.mlp_output` on ``hook_resid_mid`` vs
+  ``hook_mlp_out`` over all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import transformers
+from jaxtyping import Int
+
+from hooklab import hooks
+from hooklab.architectures import mlp_output, output_softcap, read_logits, spec_for_model
+from hooklab.compatibility import PROBE_TEXTS
+
+__all__ = ["ParityReport", "check_parity", "probe_tokens"]
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Max absolute differences for one model (``None`` where not measured)."""
+
+    family: str
+    dtype: str
+    n_tokens: int
+    softcap: float | None
+    hf_logits: float | None
+    resid_identity: float
+    readout: float
+    mlp_path: float
+
+    def passed(self, tolerance: float) -> bool:
+        """Whether every measured difference is within ``tolerance``."""
+        values = [self.resid_identity, self.readout, self.mlp_path]
+        values += [self.hf_logits] if self.hf_logits is not None else []
+        return all(v <= tolerance for v in values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_tokens(tokenizer: Any, device: str | torch.device = "cpu") -> Int[torch.Tensor, "batch pos"]:
+    """The compatibility probe texts as one right-truncated batch (BOS first, no padding)."""
+    rows = [tokenizer(text)["input_ids"] for text in PROBE_TEXTS]
+    length = min(len(r) for r in rows)
+    return torch.tensor([r[:length] for r in rows], device=device)
+
+
+def _hf_reference_logits(model: Any, source: str, tokens: torch.Tensor) -> torch.Tensor:
+    config = model.original_model.config
+    hf_class = getattr(transformers, config.architectures[0])
+    reference = hf_class.from_pretrained(
+        source, dtype=model.cfg.dtype, attn_implementation="eager"
+    ).to(tokens.device).eval()
+    with torch.no_grad():
+        return reference(input_ids=tokens).logits
+
+
+def check_parity(
+    model: Any, tokens: Int[torch.Tensor, "batch pos"], *, hf_source: str | None = None
+) -> ParityReport:
+    """Measure the parity figures of ``model`` on ``tokens``.
+
+    Args:
+        model: a TransformerBridge in raw mode.
+        tokens: [batch, pos] token ids.
+        hf_source: checkpoint folder or hub id to load the Hugging Face reference from; the
+            ``hf_logits`` figure is skipped when ``None`` (it loads a second copy of the model).
+    """
+    n_layers = int(model.cfg.n_layers)
+    names = {hooks.resid_post(l) for l in range(n_layers)}
+    names |= {hooks.resid_mid(l) for l in range(n_layers)} | {hooks.mlp_out(l) for l in range(n_layers)}
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        resid_gap = max(
+            float((cache[hooks.resid_post(l)] - cache[hooks.resid_mid(l)] - cache[hooks.mlp_out(l)])
+                  .abs().max())
+            for l in range(n_layers)
+        )
+        readout_gap = float((read_logits(model, cache[hooks.resid_post(n_layers - 1)]) - logits).abs().max())
+        mlp_gap = max(
+            float((mlp_output(model, l, cache[hooks.resid_mid(l)]) - cache[hooks.mlp_out(l)]).abs().max())
+            for l in range(n_layers)
+        )
+    hf_gap = None
+    if hf_source is not None:
+        hf_gap = float((logits - _hf_reference_logits(model, hf_source, tokens)).abs().max())
+    return ParityReport(
+        family=spec_for_model(model).family,
+        dtype=str(model.cfg.dtype).removeprefix("torch."),
+        n_tokens=int(tokens.numel()),
+        softcap=output_softcap(model),
+        hf_logits=hf_gap,
+        resid_identity=resid_gap,
+        readout=readout_gap,
+        mlp_path=mlp_gap,
+    )
