@@ -41,7 +41,9 @@ def paper_pairs() -> dict[str, PaperPair]:
     """All paper pairs by short name, in the paper's order."""
     raw = json.loads(resources.files("hooklab").joinpath("paper_pairs.json").read_text())
     return {
-        name: PaperPair(name=name, **entry) for name, entry in raw.items() if not name.startswith("_")
+        name: PaperPair(name=name, **entry)
+        for name, entry in raw.items()
+        if not name.startswith("_")
     }
 
 

@@ -20,10 +20,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
+_COLUMNS = (
+    ("softcap", 7),
+    ("hf_logits", 10),
+    ("resid_identity", 14),
+    ("readout", 9),
+    ("mlp_path", 9),
+)
 
 
-def _print_pair_report(pair, hf_sources: dict[str, str] | None) -> list[dict]:
+def _pair_parity(pair, hf_sources: dict[str, str] | None) -> list[dict]:
     from hooklab.parity import check_parity, probe_tokens
 
     tokens = probe_tokens(pair.tokenizer, pair.device)
@@ -31,34 +37,33 @@ def _print_pair_report(pair, hf_sources: dict[str, str] | None) -> list[dict]:
     for side, model in pair.models().items():
         source = None if hf_sources is None else hf_sources[side]
         report = check_parity(model, tokens, hf_source=source)
-        rows.append({"side": side, **report.to_dict()})
+        rows.append({"side": side, **report.to_dict(), "ok": report.passed()})
     return rows
 
 
 def _format_parity(rows: list[dict]) -> str:
-    def fmt(value):
-        return "-" if value is None else f"{value:.1e}"
+    def cell(value, width):
+        text = (
+            "-" if value is None else (f"{value:.1e}" if isinstance(value, float) else str(value))
+        )
+        return f"{text:>{width}}"
 
-    header = f"{'model':<18} {'side':<4} {'softcap':>7} {'hf logits':>10} {'resid id.':>10} {'readout':>10} {'mlp path':>10}  ok"
+    header = f"{'model':<18} {'side':<4} " + " ".join(f"{n:>{w}}" for n, w in _COLUMNS) + "  ok"
     lines = [header]
-    for r in rows:
-        ok = all(
-            v is None or v <= _TOLERANCE[r["dtype"]]
-            for v in (r["hf_logits"], r["resid_identity"], r["readout"], r["mlp_path"])
-        )
-        lines.append(
-            f"{r.get('shape', r['family']):<18} {r['side']:<4} {str(r['softcap'] or '-'):>7} {fmt(r['hf_logits']):>10} "
-            f"{fmt(r['resid_identity']):>10} {fmt(r['readout']):>10} {fmt(r['mlp_path']):>10}  "
-            f"{'yes' if ok else 'NO'}"
-        )
+    for row in rows:
+        cells = " ".join(cell(row[name], width) for name, width in _COLUMNS)
+        name = row.get("shape", row["family"])
+        lines.append(f"{name:<18} {row['side']:<4} {cells}  {'yes' if row['ok'] else 'NO'}")
     return "\n".join(lines)
 
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option(help="Folder for parity.json (default: print only).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for parity.json (default: print only).")
+    ] = None,
 ) -> None:
-    """Build tiny PT/IT pairs of all six families offline, load them, print compatibility and parity."""
+    """Build tiny PT/IT pairs of all six families offline; print compatibility and parity."""
     from hooklab.pair import load_pair
     from hooklab.synthetic import TINY_SHAPES, write_tiny_pair
 
@@ -70,7 +75,7 @@ def demo(
             if i == 0:
                 typer.echo(f"Compatibility of the tiny {shape} pair ({pair!r}):")
                 typer.echo(pair.compatibility.format() + "\n")
-            for row in _print_pair_report(pair, {"pt": str(tiny.pt), "it": str(tiny.it)}):
+            for row in _pair_parity(pair, {"pt": str(tiny.pt), "it": str(tiny.it)}):
                 rows.append({"shape": shape, **row})
     typer.echo("Parity (max |difference|; hf logits: bridge vs Hugging Face eager):")
     typer.echo(_format_parity(rows))
@@ -88,21 +93,33 @@ def check(
     pt_revision: Annotated[str | None, typer.Option(help="PT revision.")] = None,
     it_revision: Annotated[str | None, typer.Option(help="IT revision.")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any).")] = None,
-    hf_parity: Annotated[bool, typer.Option(help="Also load each model in Hugging Face and compare logits.")] = False,
-    trust_remote_code: Annotated[bool, typer.Option(help="Run modelling code shipped with a checkpoint.")] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any).")
+    ] = None,
+    hf_parity: Annotated[
+        bool, typer.Option(help="Also load each model in Hugging Face and compare logits.")
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Run modelling code shipped with a checkpoint.")
+    ] = False,
 ) -> None:
     """Load a pair, print its compatibility checks and parity figures."""
     from hooklab.pair import load_pair
 
     loaded = load_pair(
-        pair, pt=pt, it=it, pt_revision=pt_revision, it_revision=it_revision,
-        dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+        pair,
+        pt=pt,
+        it=it,
+        pt_revision=pt_revision,
+        it_revision=it_revision,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
     )
     typer.echo(repr(loaded))
     typer.echo(loaded.compatibility.format() + "\n")
     sources = {"pt": loaded.pt_source.name_or_path, "it": loaded.it_source.name_or_path}
-    typer.echo(_format_parity(_print_pair_report(loaded, sources if hf_parity else None)))
+    typer.echo(_format_parity(_pair_parity(loaded, sources if hf_parity else None)))
 
 
 @app.command()
@@ -112,7 +129,10 @@ def families() -> None:
     from hooklab.catalog import paper_pairs
 
     for spec in _SPECS:
-        typer.echo(f"{spec.family:<12} mlp path {' -> '.join(spec.mlp_path):<22} {', '.join(spec.hf_architectures)}")
+        typer.echo(
+            f"{spec.family:<12} mlp path {' -> '.join(spec.mlp_path):<22} "
+            f"{', '.join(spec.hf_architectures)}"
+        )
     typer.echo("")
     for name, entry in paper_pairs().items():
         typer.echo(f"{name:<17} {entry.pt:<32} {entry.it}")

@@ -1,4 +1,4 @@
-"""Can these two checkpoints be compared? Checks run on configs and tokenizers, before weights load."""
+"""Can two checkpoints be compared as a pair? Checked on configs and tokenizers, before weights."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ class CompatibilityReport:
         """A plain-text table of the checks."""
         rows = [f"{'check':<34} {'pt':<28} {'it':<28} ok"]
         for c in self.checks:
-            rows.append(f"{c.what:<34} {_short(c.pt):<28} {_short(c.it):<28} {'yes' if c.ok else 'NO'}")
+            rows.append(
+                f"{c.what:<34} {_short(c.pt):<28} {_short(c.it):<28} {'yes' if c.ok else 'NO'}"
+            )
         return "\n".join(rows)
 
 
@@ -71,7 +73,9 @@ def _short(value: Any, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _tokenization_check(index: int, text: str, pt_tokenizer: Any, it_tokenizer: Any) -> CompatibilityCheck:
+def _tokenization_check(
+    index: int, text: str, pt_tokenizer: Any, it_tokenizer: Any
+) -> CompatibilityCheck:
     pt_ids = list(pt_tokenizer(text, add_special_tokens=False)["input_ids"])
     it_ids = list(it_tokenizer(text, add_special_tokens=False)["input_ids"])
     if pt_ids == it_ids:
@@ -96,14 +100,19 @@ def check_compatibility(
     checks = [
         CompatibilityCheck(
             "architecture",
-            f"{pt_spec.family} ({pt_config.architectures[0]})" if pt_spec != it_spec else pt_spec.family,
-            f"{it_spec.family} ({it_config.architectures[0]})" if pt_spec != it_spec else it_spec.family,
+            f"{pt_spec.family} ({pt_config.architectures[0]})"
+            if pt_spec != it_spec
+            else pt_spec.family,
+            f"{it_spec.family} ({it_config.architectures[0]})"
+            if pt_spec != it_spec
+            else it_spec.family,
         ),
         CompatibilityCheck("layer count", pt_text.num_hidden_layers, it_text.num_hidden_layers),
         CompatibilityCheck("d_model", pt_text.hidden_size, it_text.hidden_size),
         CompatibilityCheck("vocabulary size", pt_text.vocab_size, it_text.vocab_size),
     ]
     checks += [
-        _tokenization_check(i, text, pt_tokenizer, it_tokenizer) for i, text in enumerate(PROBE_TEXTS)
+        _tokenization_check(i, text, pt_tokenizer, it_tokenizer)
+        for i, text in enumerate(PROBE_TEXTS)
     ]
     return CompatibilityReport(tuple(checks))

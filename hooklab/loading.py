@@ -32,9 +32,14 @@ __all__ = [
 ]
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
@@ -88,7 +93,9 @@ def _looks_like_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and ".." not in name
 
 
-def resolve_source(name_or_path: str | Path, revision: str | None, *, argument: str) -> CheckpointSource:
+def resolve_source(
+    name_or_path: str | Path, revision: str | None, *, argument: str
+) -> CheckpointSource:
     """Decide whether ``name_or_path`` is a local folder or a hub id; check folders exist."""
     name = str(name_or_path)
     if not name.strip():
@@ -119,7 +126,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _translate(exc: Exception, source: CheckpointSource, argument: str) -> Exception:
-    """A CheckpointUnavailableError explaining ``exc``, or ``exc`` itself if it is not a load error."""
+    """A CheckpointUnavailableError explaining ``exc``, or ``exc`` itself if none applies."""
     from huggingface_hub import errors as hub_errors
 
     where = f"{argument}={source.name_or_path!r}"
@@ -157,7 +164,8 @@ def _translate(exc: Exception, source: CheckpointSource, argument: str) -> Excep
         )
     if "couldn't connect" in message.lower() or "connection" in message.lower():
         return CheckpointUnavailableError(
-            f"{where}: the Hugging Face hub cannot be reached ({message.splitlines()[0]}). Download "
+            f"{where}: the Hugging Face hub cannot be reached ({message.splitlines()[0]}). "
+            "Download "
             "the model on a machine with network and pass its folder."
         )
     return exc

@@ -75,10 +75,16 @@ class ModelPair:
         """What a manifest records about the pair."""
         return {
             "family": self.family,
-            "pt": {"id": self.pt_source.name_or_path, "revision": self.pt_source.revision,
-                   "commit": self.pt_source.commit},
-            "it": {"id": self.it_source.name_or_path, "revision": self.it_source.revision,
-                   "commit": self.it_source.commit},
+            "pt": {
+                "id": self.pt_source.name_or_path,
+                "revision": self.pt_source.revision,
+                "commit": self.pt_source.commit,
+            },
+            "it": {
+                "id": self.it_source.name_or_path,
+                "revision": self.it_source.revision,
+                "commit": self.it_source.commit,
+            },
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "d_vocab": self.d_vocab,

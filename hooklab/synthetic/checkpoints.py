@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -90,9 +91,7 @@ def _spread(param: torch.Tensor) -> float:
     return max(float(param.float().std()) if param.numel() > 1 else 0.0, 0.05)
 
 
-def _perturb_(
-    model: torch.nn.Module, scale: float, seed: int, *, norms_only: bool = False
-) -> None:
+def _perturb_(model: torch.nn.Module, scale: float, seed: int, *, norms_only: bool = False) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -177,7 +176,10 @@ def build_random_model(
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
-    tokenizer = build_tokenizer(512)
+    # TransformerLens re-reads a tokenizer from its folder while booting: give it one.
+    tokenizer_dir = Path(tempfile.gettempdir()) / "hooklab-synthetic-tokenizer"
+    build_tokenizer(512).save_pretrained(tokenizer_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     with no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(
             f"random-{pair}", hf_model=model, tokenizer=tokenizer, device=device, dtype=dtype

@@ -51,7 +51,10 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, 0)]
     )
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
         additional_special_tokens=[START_OF_TURN, END_OF_TURN],
     )
     wrapped.chat_template = CHAT_TEMPLATE
