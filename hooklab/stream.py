@@ -1,0 +1,139 @@
+"""The streaming lens readout: every metric at every (prompt, position, layer), never holding
+[layer, batch, pos, d_vocab] logits.
+
+One forward pass keeps the residual stream ([layer, batch, pos, d_model], d_vocab / d_model times
+smaller than one layer of logits). Then positions are taken in chunks of ``chunk_rows``; for
+each chunk the final distribution is computed once and every layer is decoded, reduced to its
+metrics and dropped. Peak extra memory is a few [chunk_rows, d_vocab] float32 buffers,
+independent of the number of layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+
+from hooklab.architectures import read_logits
+from hooklab.forward import HookFn, residual_stream
+from hooklab.lens.base import Lens, LogitLens, lens_logits
+from hooklab.metrics import chunk_metrics, final_distribution
+
+__all__ = ["LensReadout", "read_lens", "default_chunk_rows"]
+
+_FLOAT_METRICS = ("kl_to_final", "kl_final_to_layer", "entropy", "final_top1_prob", "target_logprob")
+
+
+@dataclass(frozen=True)
+class LensReadout:
+    """Metrics of one model at every read position and layer.
+
+    Attributes:
+        metrics: name -> [batch, pos, layer] tensor (float32, bool or int64), on the CPU.
+            Unread positions hold NaN (float), False (bool) or -1 (int).
+        read: [batch, pos] which positions were read.
+        final_top1: [batch, pos] the model's own top-1 token at each position (-1 if unread).
+        n_layers: layers of the model.
+    """
+
+    metrics: dict[str, torch.Tensor]
+    read: Bool[torch.Tensor, "batch pos"]
+    final_top1: Int[torch.Tensor, "batch pos"]
+    n_layers: int
+
+
+def default_chunk_rows(d_vocab: int, budget_elements: int = 1 << 24) -> int:
+    """Positions per chunk so that one [rows, d_vocab] float32 buffer has ~``budget_elements``."""
+    return max(1, budget_elements // d_vocab)
+
+
+def read_lens(
+    model: Any,
+    tokens: Int[torch.Tensor, "batch pos"],
+    lens: Lens | None = None,
+    *,
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    read_mask: Bool[torch.Tensor, "batch pos"] | None = None,
+    targets: Int[torch.Tensor, "batch pos"] | None = None,
+    fwd_hooks: Sequence[HookFn] = (),
+    chunk_rows: int | None = None,
+) -> LensReadout:
+    """Lens metrics of ``model`` on ``tokens`` (DESIGN.md section 3).
+
+    Args:
+        model: a TransformerBridge (any dtype; metrics are float32).
+        tokens: [batch, pos] ids, right-padded when ragged.
+        lens: a :class:`~hooklab.lens.Lens`; default the logit lens.
+        attention_mask: [batch, pos] 1 for real tokens (right padding).
+        read_mask: [batch, pos] positions to read; default every real token.
+        targets: [batch, pos] a target token per position (e.g. the next token of a fixed
+            history), -1 where there is none; adds ``target_logprob`` and ``target_rank``.
+        fwd_hooks: extra hooks during the forward pass (e.g. a graft).
+        chunk_rows: positions decoded at once (default: ~64 MB of float32 logits per buffer).
+    """
+    lens = lens or LogitLens()
+    n_layers = int(model.cfg.n_layers)
+    device = model.unembed.original_component.weight.device
+    tokens = tokens.to(device)
+    mask = None if attention_mask is None else attention_mask.to(device)
+    read = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+    if read_mask is not None:
+        read = read & read_mask.to(device).bool()
+    resid = residual_stream(model, tokens, attention_mask=mask, fwd_hooks=fwd_hooks)
+    rows = resid[:, read]  # [layer, n, d_model]
+    n_rows = rows.shape[1]
+    row_targets = None
+    if targets is not None:
+        row_targets = targets.to(device)[read]
+    d_vocab = int(model.cfg.d_vocab)
+    chunk = chunk_rows or default_chunk_rows(d_vocab)
+    names = ["kl_to_final", "kl_final_to_layer", "entropy", "top1_agree", "final_top1_rank",
+             "final_top1_prob"]
+    if row_targets is not None:
+        names += ["target_logprob", "target_rank"]
+    flat = {name: [] for name in names}
+    top1_chunks = []
+    with torch.no_grad():
+        for start in range(0, n_rows, chunk):
+            stop = min(start + chunk, n_rows)
+            final_logits = read_logits(model, rows[-1, start:stop])
+            final = final_distribution(final_logits)
+            top1_chunks.append(final.top1)
+            tgt = None
+            if row_targets is not None:
+                tgt = row_targets[start:stop]
+                has_target = tgt >= 0
+                tgt = tgt.clamp_min(0)
+            per_layer = []
+            for layer in range(n_layers):
+                if layer == n_layers - 1:
+                    logits = final_logits.float().clone()
+                else:
+                    logits = lens_logits(model, lens, layer, rows[layer, start:stop])
+                values = chunk_metrics(logits, final, tgt)
+                if tgt is not None:
+                    values["target_logprob"] = values["target_logprob"].masked_fill(~has_target, torch.nan)
+                    values["target_rank"] = values["target_rank"].masked_fill(~has_target, -1)
+                per_layer.append(values)
+            for name in names:
+                flat[name].append(torch.stack([v[name] for v in per_layer], dim=-1).cpu())
+    read_cpu = read.cpu()
+    batch, pos = tokens.shape
+    metrics = {}
+    for name in names:
+        values = torch.cat(flat[name]) if flat[name] else torch.empty(0, n_layers)
+        if name in _FLOAT_METRICS:
+            full = torch.full((batch, pos, n_layers), torch.nan, dtype=torch.float32)
+        elif name == "top1_agree":
+            full = torch.zeros((batch, pos, n_layers), dtype=torch.bool)
+        else:
+            full = torch.full((batch, pos, n_layers), -1, dtype=torch.int64)
+        full[read_cpu] = values.to(full.dtype)
+        metrics[name] = full
+    final_top1 = torch.full((batch, pos), -1, dtype=torch.int64)
+    if top1_chunks:
+        final_top1[read_cpu] = torch.cat(top1_chunks).cpu()
+    return LensReadout(metrics=metrics, read=read_cpu, final_top1=final_top1, n_layers=n_layers)
