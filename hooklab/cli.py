@@ -122,6 +122,162 @@ def check(
     typer.echo(_format_parity(_pair_parity(loaded, sources if hf_parity else None)))
 
 
+def _load_pair_from_options(pair, pt, it, pt_revision, it_revision, dtype, device, trust):
+    from hooklab.pair import load_pair
+
+    return load_pair(
+        pair,
+        pt=pt,
+        it=it,
+        pt_revision=pt_revision,
+        it_revision=it_revision,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust,
+    )
+
+
+PairOption = Annotated[str | None, typer.Option("--pair", help="Paper pair name, e.g. gemma3-4b.")]
+PtOption = Annotated[str | None, typer.Option("--pt", help="PT hub id or folder.")]
+ItOption = Annotated[str | None, typer.Option("--it", help="IT hub id or folder.")]
+PtRevision = Annotated[str | None, typer.Option(help="PT revision (branch, tag, commit).")]
+ItRevision = Annotated[str | None, typer.Option(help="IT revision (branch, tag, commit).")]
+DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any).")]
+TrustOption = Annotated[bool, typer.Option(help="Run modelling code shipped with a checkpoint.")]
+
+
+@app.command()
+def readout(
+    out: Annotated[
+        Path, typer.Option(help="Output folder (readout.parquet, manifest.json, summaries).")
+    ],
+    pair: PairOption = None,
+    pt: PtOption = None,
+    it: ItOption = None,
+    prompts: Annotated[str, typer.Option(help="JSONL prompt file, or 'builtin'.")] = "builtin",
+    lens: Annotated[str, typer.Option(help="'logit' or 'tuned:DIR' (DIR/pt, DIR/it).")] = "logit",
+    condition: Annotated[
+        str, typer.Option(help="native, same_history, template_replay; comma-separated.")
+    ] = "native",
+    max_new_tokens: Annotated[int, typer.Option(help="Length cap of greedy continuations.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap summaries.")] = 0,
+    pt_revision: PtRevision = None,
+    it_revision: ItRevision = None,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Lens metrics of both models at every position and layer; the convergence gap."""
+    from hooklab.prompts import load_prompts
+    from hooklab.readout import ReadoutConfig, load_lenses, readout_manifest, run_readout
+    from hooklab.summaries import (
+        commitment_layers,
+        commitment_summary,
+        convergence_gap,
+        depth_summary,
+        layer_summary,
+    )
+    from hooklab.tables import write_table
+
+    config = ReadoutConfig(
+        conditions=tuple(c.strip() for c in condition.split(",") if c.strip()),
+        lens=lens,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    prompt_set = load_prompts(prompts)[:limit]
+    loaded = _load_pair_from_options(
+        pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code
+    )
+    lenses = load_lenses(loaded, config.lens)
+    frame = run_readout(loaded, prompt_set, config, lenses=lenses)
+    table = write_table(frame, out, "readout", readout_manifest(loaded, prompt_set, config, lenses))
+    layer_summary(frame, seed=seed).to_csv(out / "summary_layers.csv", index=False)
+    depth_summary(frame, seed=seed).to_csv(out / "summary_depth.csv", index=False)
+    gap = convergence_gap(frame, seed=seed)
+    gap.to_csv(out / "convergence_gap.csv", index=False)
+    commitment_summary(commitment_layers(frame), seed=seed).to_csv(
+        out / "commitment.csv", index=False
+    )
+    late = gap[gap["region"] == "late"]
+    typer.echo(f"wrote {table} ({len(frame)} rows) and summaries in {out}")
+    for row in late.itertuples():
+        typer.echo(
+            f"late-region KL gap (IT - PT), {row.condition}: {row.mean:+.4f} nats "
+            f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}], {row.n_prompts} prompts"
+        )
+
+
+@app.command("train-lens")
+def train_lens(
+    out: Annotated[Path, typer.Option(help="Folder for the lenses (OUT/pt, OUT/it).")],
+    corpus: Annotated[
+        Path, typer.Option(help="Text file, one document per line (or JSONL with 'text').")
+    ],
+    pair: PairOption = None,
+    pt: PtOption = None,
+    it: ItOption = None,
+    token_budget: Annotated[int, typer.Option(help="Training tokens per lens.")] = 250_000,
+    seq_len: Annotated[int, typer.Option(help="Tokens per training sequence.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd (Nesterov).")] = "adam",
+    seed: Annotated[int, typer.Option(help="Shuffling seed.")] = 0,
+    pt_revision: PtRevision = None,
+    it_revision: ItRevision = None,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Train a tuned lens per side of a pair (separately); use them with --lens tuned:OUT."""
+    from hooklab.lens import TunedLensTrainConfig, train_tuned_lens
+
+    texts = _read_corpus(corpus)
+    config = TunedLensTrainConfig(
+        token_budget=token_budget,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        seed=seed,
+    )
+    loaded = _load_pair_from_options(
+        pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code
+    )
+    sources = {"pt": loaded.pt_source, "it": loaded.it_source}
+    report = {}
+    for side, model in loaded.models().items():
+        lens, result = train_tuned_lens(
+            model,
+            texts,
+            config=config,
+            name_or_path=sources[side].name_or_path,
+            revision=sources[side].commit or sources[side].revision,
+        )
+        lens.save(out / side)
+        report[side] = result.to_dict()
+        before = sum(result.held_out_kl_before) / max(len(result.held_out_kl_before) - 1, 1)
+        after = sum(result.held_out_kl_after) / max(len(result.held_out_kl_after) - 1, 1)
+        typer.echo(
+            f"{side}: held-out KL(final || layer), mean over layers: {before:.4f} -> "
+            f"{after:.4f} nats ({result.tokens_seen} tokens)"
+        )
+    (out / "training.json").write_text(json.dumps(report, indent=2))
+
+
+def _read_corpus(path: Path) -> list[str]:
+    if not path.is_file():
+        raise HooklabError(f"corpus={str(path)!r}: no such file; pass a text or JSONL file.")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        return [json.loads(line)["text"] for line in lines]
+    return lines
+
+
 @app.command()
 def families() -> None:
     """List the supported families and the paper pairs."""

@@ -17,6 +17,7 @@ __all__ = [
     "final_distribution",
     "chunk_metrics",
     "commitment_layer",
+    "late_layers",
 ]
 
 METRIC_NAMES = (
@@ -49,8 +50,9 @@ class FinalDistribution:
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # Row-wise dot product without materialising a * b.
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+    # Row-wise dot product. vecdot sums pairwise: ~100x more accurate over a 262k vocabulary
+    # than bmm's running float32 sum, for about 2% of the unembedding matmul's time.
+    return torch.linalg.vecdot(a, b)
 
 
 def final_distribution(logits: Float[torch.Tensor, "n d_vocab"]) -> FinalDistribution:
@@ -70,7 +72,7 @@ def chunk_metrics(
     final: FinalDistribution,
     targets: Int[torch.Tensor, " n"] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All metrics of one layer at a chunk of positions. ``logits`` is consumed (edited in place).
+    """All metrics of one layer at a chunk of positions.
 
     Returns a dict of [n] tensors keyed by :data:`METRIC_NAMES` (the target metrics only when
     ``targets`` is given).
@@ -84,20 +86,21 @@ def chunk_metrics(
     if targets is not None:
         target_logit = z[rows, targets].unsqueeze(1)
         out["target_rank"] = (z > target_logit).sum(dim=-1)
-    top, top1 = z.max(dim=-1)
-    out["top1_agree"] = top1 == final.top1
-    z.sub_(top.unsqueeze(1))
-    probs = torch.exp(z)
-    normaliser = probs.sum(dim=-1)
-    z.sub_(normaliser.log().unsqueeze(1))  # z is now log p
-    probs.div_(normaliser.unsqueeze(1))
-    neg_entropy = _dot(probs, z)
-    out["entropy"] = -neg_entropy
-    out["kl_to_final"] = (neg_entropy - _dot(probs, final.logprobs)).clamp_min_(0.0)
-    out["kl_final_to_layer"] = (final.neg_entropy - _dot(final.probs, z)).clamp_min_(0.0)
+    out["top1_agree"] = z.argmax(dim=-1) == final.top1
+    # The same log_softmax as the final distribution's: identical logits give bitwise
+    # identical log-probabilities, so the last layer's KL is exactly 0.
+    logprobs = torch.log_softmax(z, dim=-1)
+    del z
+    probs = logprobs.exp()
+    out["entropy"] = -_dot(probs, logprobs)
+    # Both KLs from one difference of log-probabilities: summing p * (log p - log q) term by
+    # term avoids the cancellation of two entropy-sized sums.
+    difference = logprobs - final.logprobs
+    out["kl_to_final"] = _dot(probs, difference).clamp_min_(0.0)
+    out["kl_final_to_layer"] = (-_dot(final.probs, difference)).clamp_min_(0.0)
     out["final_top1_prob"] = probs[rows, final.top1]
     if targets is not None:
-        out["target_logprob"] = z[rows, targets]
+        out["target_logprob"] = logprobs[rows, targets]
     return out
 
 
@@ -123,3 +126,20 @@ def commitment_layer(
     never = n_holding == 0
     layer = torch.where(never, torch.full_like(n_holding, n_layers - 1), n_layers - n_holding)
     return layer, never
+
+
+def late_layers(n_layers: int, fraction: float = 0.25) -> list[int]:
+    """The late region: the last ``fraction`` of layers by depth, without the final layer.
+
+    The final layer is left out because its ``kl_to_final`` is 0 by construction under every
+    lens; at least one layer is always returned.
+
+    >>> late_layers(34)
+    [24, 25, 26, 27, 28, 29, 30, 31, 32]
+    >>> late_layers(4)
+    [2]
+    """
+    if n_layers < 2:
+        raise ValueError(f"n_layers={n_layers}: a late region needs at least two layers")
+    start = min(int((1 - fraction) * (n_layers - 1)), n_layers - 2)
+    return list(range(start, n_layers - 1))

@@ -24,7 +24,13 @@ from hooklab.metrics import chunk_metrics, final_distribution
 
 __all__ = ["LensReadout", "read_lens", "default_chunk_rows"]
 
-_FLOAT_METRICS = ("kl_to_final", "kl_final_to_layer", "entropy", "final_top1_prob", "target_logprob")
+_FLOAT_METRICS = (
+    "kl_to_final",
+    "kl_final_to_layer",
+    "entropy",
+    "final_top1_prob",
+    "target_logprob",
+)
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,14 @@ def read_lens(
         row_targets = targets.to(device)[read]
     d_vocab = int(model.cfg.d_vocab)
     chunk = chunk_rows or default_chunk_rows(d_vocab)
-    names = ["kl_to_final", "kl_final_to_layer", "entropy", "top1_agree", "final_top1_rank",
-             "final_top1_prob"]
+    names = [
+        "kl_to_final",
+        "kl_final_to_layer",
+        "entropy",
+        "top1_agree",
+        "final_top1_rank",
+        "final_top1_prob",
+    ]
     if row_targets is not None:
         names += ["target_logprob", "target_rank"]
     flat = {name: [] for name in names}
@@ -115,7 +127,9 @@ def read_lens(
                     logits = lens_logits(model, lens, layer, rows[layer, start:stop])
                 values = chunk_metrics(logits, final, tgt)
                 if tgt is not None:
-                    values["target_logprob"] = values["target_logprob"].masked_fill(~has_target, torch.nan)
+                    values["target_logprob"] = values["target_logprob"].masked_fill(
+                        ~has_target, torch.nan
+                    )
                     values["target_rank"] = values["target_rank"].masked_fill(~has_target, -1)
                 per_layer.append(values)
             for name in names:

@@ -113,7 +113,9 @@ def _layer_kl(model: Any, lens: TunedLens, layer: int, resid: torch.Tensor, fina
     return (final_logprobs.exp() * (final_logprobs - logprobs)).sum(-1).mean()
 
 
-def held_out_kl(model: Any, lens: TunedLens, sequences: torch.Tensor, batch_size: int = 8) -> list[float]:
+def held_out_kl(
+    model: Any, lens: TunedLens, sequences: torch.Tensor, batch_size: int = 8
+) -> list[float]:
     """Mean KL(p_final ‖ p_l) per layer over ``sequences`` (last layer: 0 by construction)."""
     n_layers = int(model.cfg.n_layers)
     totals = torch.zeros(n_layers, dtype=torch.float64)
@@ -185,7 +187,7 @@ def train_tuned_lens(
             for layer in range(n_layers - 1):
                 loss = _layer_kl(model, lens, layer, resid[layer], final)
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             tokens_seen += batch.numel()

@@ -130,7 +130,8 @@ class TunedLens(Lens):
         for key, value in expected.items():
             if getattr(config, key) != value:
                 raise HooklabError(
-                    f"the tuned lens in {str(folder)!r} was trained for {key}={getattr(config, key)}"
+                    f"the tuned lens in {str(folder)!r} was trained for "
+                    f"{key}={getattr(config, key)}"
                     f" but the model has {key}={value}; train a lens for this model."
                 )
         model_hash = unembed_hash(model)

@@ -1,0 +1,159 @@
+"""The readout experiment: lens metrics of a pair over a prompt set, under some conditions.
+
+``run_readout(pair, prompts, ReadoutConfig(...))`` returns the long table of DESIGN.md
+section 4; ``hooklab readout`` on the command line writes it with its manifest and summaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hooklab.conditions import ReadSequence, build_sequences, check_conditions
+from hooklab.errors import HooklabError
+from hooklab.lens import Lens, LogitLens, TunedLens
+from hooklab.prompts import Prompt, prompt_set_hash
+from hooklab.stream import read_lens
+from hooklab.tables import build_manifest, readout_frame
+
+__all__ = ["ReadoutConfig", "parse_lens_spec", "load_lenses", "run_readout", "readout_manifest"]
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """What a readout run does.
+
+    Attributes:
+        conditions: any of ``native``, ``same_history``, ``template_replay``.
+        lens: ``"logit"`` or ``"tuned:DIR"`` (``DIR/pt`` and ``DIR/it`` hold the two lenses).
+        max_new_tokens: length cap of greedy continuations.
+        batch_size: sequences per forward pass.
+        seed: seed of the bootstrap summaries.
+        chunk_rows: positions decoded at once (``None``: automatic, ~64 MB per buffer).
+    """
+
+    conditions: tuple[str, ...] = ("native",)
+    lens: str = "logit"
+    max_new_tokens: int = 32
+    batch_size: int = 8
+    seed: int = 0
+    chunk_rows: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conditions", tuple(check_conditions(list(self.conditions))))
+        parse_lens_spec(self.lens)
+        if self.batch_size < 1:
+            raise HooklabError(f"batch_size={self.batch_size} must be at least 1.")
+        if self.max_new_tokens < 1:
+            raise HooklabError(f"max_new_tokens={self.max_new_tokens} must be at least 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_lens_spec(spec: str) -> tuple[str, Path | None]:
+    """``"logit"`` -> ("logit", None); ``"tuned:DIR"`` -> ("tuned", DIR)."""
+    kind, _, folder = spec.partition(":")
+    if kind == "logit" and not folder:
+        return "logit", None
+    if kind == "tuned" and folder:
+        return "tuned", Path(folder)
+    raise HooklabError(
+        f"lens={spec!r}: use 'logit', or 'tuned:DIR' where DIR/pt and DIR/it hold tuned lenses "
+        "(train them with `hooklab train-lens`)."
+    )
+
+
+def load_lenses(pair: Any, spec: str) -> dict[str, Lens]:
+    """The lens of each side of ``pair`` for a lens spec."""
+    kind, folder = parse_lens_spec(spec)
+    if kind == "logit":
+        return {"pt": LogitLens(), "it": LogitLens()}
+    return {side: TunedLens.load(folder / side, model) for side, model in pair.models().items()}
+
+
+def _batches(sequences: Sequence[ReadSequence], size: int):
+    for start in range(0, len(sequences), size):
+        yield sequences[start : start + size]
+
+
+def _pad(batch: Sequence[ReadSequence], pad_id: int) -> tuple[torch.Tensor, ...]:
+    length = max(len(s.tokens) for s in batch)
+    tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    read = torch.zeros((len(batch), length), dtype=torch.bool)
+    targets = torch.full((len(batch), length), -1, dtype=torch.long)
+    for i, seq in enumerate(batch):
+        n = len(seq.tokens)
+        tokens[i, :n] = torch.tensor(seq.tokens)
+        mask[i, :n] = 1
+        read[i, seq.read_from : seq.read_to] = True
+        targets[i, : n - 1] = torch.tensor(seq.tokens[1:])
+    return tokens, mask, read, targets
+
+
+def run_readout(
+    pair: Any,
+    prompts: Sequence[Prompt],
+    config: ReadoutConfig | None = None,
+    *,
+    lenses: dict[str, Lens] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Lens metrics of both models at every read position and layer, as one long table."""
+    config = config or ReadoutConfig()
+    lenses = lenses or load_lenses(pair, config.lens)
+    lens_name = parse_lens_spec(config.lens)[0]
+    sequences = build_sequences(
+        pair, prompts, config.conditions, max_new_tokens=config.max_new_tokens, progress=progress
+    )
+    categories = {p.id: p.category for p in prompts}
+    pad_id = pair.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    groups: dict[tuple[str, str], list[ReadSequence]] = {}
+    for seq in sequences:
+        groups.setdefault((seq.condition, seq.model), []).append(seq)
+    n_batches = sum(-(-len(g) // config.batch_size) for g in groups.values())
+    frames = []
+    with tqdm(total=n_batches, desc="lens readout", disable=not progress, unit="batch") as bar:
+        for (_, side), group in groups.items():
+            model = pair.models()[side]
+            for batch in _batches(group, config.batch_size):
+                tokens, mask, read, targets = _pad(batch, pad_id)
+                readout = read_lens(
+                    model,
+                    tokens,
+                    lenses[side],
+                    attention_mask=mask,
+                    read_mask=read,
+                    targets=targets,
+                    chunk_rows=config.chunk_rows,
+                )
+                frames.append(readout_frame(batch, readout, lens=lens_name, categories=categories))
+                bar.update()
+    frame = pd.concat(frames, ignore_index=True)
+    for column in ("prompt_id", "category", "condition", "model", "lens"):
+        frame[column] = frame[column].astype("category")
+    return frame
+
+
+def readout_manifest(
+    pair: Any, prompts: Sequence[Prompt], config: ReadoutConfig, lenses: dict[str, Lens]
+) -> dict[str, Any]:
+    """The manifest of a readout run."""
+    manifest = build_manifest(
+        pair=pair,
+        config={"experiment": "readout", **config.to_dict()},
+        prompt_set_hash=prompt_set_hash(prompts),
+        n_prompts=len(prompts),
+        seed=config.seed,
+    )
+    manifest["lenses"] = {side: lens.describe() for side, lens in lenses.items()}
+    return manifest

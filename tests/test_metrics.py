@@ -1,0 +1,73 @@
+"""Metric reductions against a brute-force float64 reference; the commitment rule by hand."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+import torch
+
+import hooklab.metrics
+from hooklab.metrics import chunk_metrics, commitment_layer, final_distribution, late_layers
+
+
+def brute_force(layer_logits: torch.Tensor, final_logits: torch.Tensor, targets: torch.Tensor):
+    """Full softmax in float64, ranks by sorting: the definitions of DESIGN.md section 3."""
+    lp = torch.log_softmax(layer_logits.double(), -1)
+    lf = torch.log_softmax(final_logits.double(), -1)
+    top = final_logits.argmax(-1)
+    order = torch.argsort(layer_logits, dim=-1, descending=True)
+    rank_of = lambda token: (order == token.unsqueeze(-1)).float().argmax(-1)  # noqa: E731
+    rows = torch.arange(len(top))
+    return {
+        "kl_to_final": (lp.exp() * (lp - lf)).sum(-1),
+        "kl_final_to_layer": (lf.exp() * (lf - lp)).sum(-1),
+        "entropy": -(lp.exp() * lp).sum(-1),
+        "top1_agree": layer_logits.argmax(-1) == top,
+        "final_top1_rank": rank_of(top),
+        "final_top1_prob": lp.exp()[rows, top],
+        "target_logprob": lp[rows, targets],
+        "target_rank": rank_of(targets),
+    }
+
+
+@pytest.mark.parametrize("vocab", [7, 1000, 50_000])
+def test_chunk_metrics_equal_brute_force(vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    final = torch.randn(16, vocab, generator=generator) * 3
+    layer = final + torch.randn(16, vocab, generator=generator) * 2
+    layer[0] = final[0]  # one row identical to the final: KL 0, rank 0, agreement
+    targets = torch.randint(0, vocab, (16,), generator=generator)
+    expected = brute_force(layer, final, targets)
+    got = chunk_metrics(layer.clone(), final_distribution(final), targets)
+    for name, value in expected.items():
+        assert torch.allclose(got[name].double(), value.double(), atol=5e-5, rtol=1e-5), name
+    assert got["kl_to_final"][0] == 0 and got["final_top1_rank"][0] == 0
+
+
+@pytest.mark.parametrize(
+    ("curve", "tau", "layer", "never"),
+    [
+        ([2.0, 0.05, 0.3, 0.01, 0.0], 0.1, 3, False),  # dips early, then rises: not committed
+        ([0.0, 0.0, 0.0, 0.0], 0.1, 0, False),  # committed from the first layer
+        ([3.0, 2.0, 1.0, 0.5], 0.1, 3, True),  # never below tau: flagged, layer L - 1
+        ([3.0, 2.0, 1.0, 0.05], 0.1, 3, False),  # only the last layer
+        ([0.01, 0.2, 0.01, 0.01, 0.01], 0.1, 2, False),
+    ],
+)
+def test_commitment_layer_follows_the_rule(curve, tau, layer, never):
+    got_layer, got_never = commitment_layer(torch.tensor(curve) < tau)
+    assert (int(got_layer), bool(got_never)) == (layer, never)
+
+
+def test_commitment_layer_is_batched():
+    curves = torch.tensor([[2.0, 0.05, 0.3, 0.01], [0.0, 0.0, 0.0, 0.0]])
+    layer, never = commitment_layer(curves < 0.1)
+    assert layer.tolist() == [3, 0] and never.tolist() == [False, False]
+
+
+def test_late_layers_and_doctests():
+    assert late_layers(2) == [0]
+    assert doctest.testmod(hooklab.metrics).failed == 0
+    with pytest.raises(ValueError):
+        late_layers(1)
