@@ -160,16 +160,36 @@ def output_softcap(model: Any) -> float | None:
 
 
 def read_logits(
-    model: Any, resid: Float[torch.Tensor, "... d_model"]
+    model: Any,
+    resid: Float[torch.Tensor, "... d_model"],
+    *,
+    out: Float[torch.Tensor, "n d_vocab"] | None = None,
 ) -> Float[torch.Tensor, "... d_vocab"]:
     """The model's own readout of a residual: final norm, unembedding, output transform.
 
     ``read_logits(model, resid_post[L-1])`` equals the model's logits, soft-cap included (a
-    hand-made ``unembed(ln_final(x))`` silently misses Gemma's cap). Output in the model dtype.
+    hand-made ``unembed(ln_final(x))`` silently misses Gemma's cap). Output in the model dtype,
+    or written into ``out`` (a preallocated [n, d_vocab] buffer for [n, d_model] rows, any
+    float dtype), which streaming readouts reuse to avoid a fresh allocation per layer.
     """
     normed = _original(model.ln_final)(resid)
-    logits = _original(model.unembed)(normed)
-    return model.adapter.apply_output_logits_transform(logits)
+    unembed = _original(model.unembed)
+    if out is None:
+        return model.adapter.apply_output_logits_transform(unembed(normed))
+    if normed.dtype == out.dtype == unembed.weight.dtype:
+        torch.mm(normed, unembed.weight.t(), out=out)
+        if unembed.bias is not None:
+            out.add_(unembed.bias)
+    else:
+        out.copy_(unembed(normed))
+    cap = output_softcap(model)
+    if cap is not None:  # cap * tanh(x / cap), in place: the same operations as the model's
+        out.div_(cap).tanh_().mul_(cap)
+    else:
+        transformed = model.adapter.apply_output_logits_transform(out)
+        if transformed is not out:
+            out.copy_(transformed)
+    return out
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from hooklab.conditions import ReadSequence, build_sequences, check_conditions
 from hooklab.errors import HooklabError
 from hooklab.lens import Lens, LogitLens, TunedLens
+from hooklab.metrics import Workspace
 from hooklab.prompts import Prompt, prompt_set_hash
-from hooklab.stream import read_lens
+from hooklab.stream import default_chunk_rows, read_lens
 from hooklab.tables import build_manifest, readout_frame
 
 __all__ = ["ReadoutConfig", "parse_lens_spec", "load_lenses", "run_readout", "readout_manifest"]
@@ -121,6 +122,10 @@ def run_readout(
     for seq in sequences:
         groups.setdefault((seq.condition, seq.model), []).append(seq)
     n_batches = sum(-(-len(g) // config.batch_size) for g in groups.values())
+    device = pair.pt.unembed.original_component.weight.device
+    workspace = Workspace(
+        config.chunk_rows or default_chunk_rows(pair.d_vocab), pair.d_vocab, device
+    )
     frames = []
     with tqdm(total=n_batches, desc="lens readout", disable=not progress, unit="batch") as bar:
         for (_, side), group in groups.items():
@@ -135,6 +140,7 @@ def run_readout(
                     read_mask=read,
                     targets=targets,
                     chunk_rows=config.chunk_rows,
+                    workspace=workspace,
                 )
                 frames.append(readout_frame(batch, readout, lens=lens_name, categories=categories))
                 bar.update()

@@ -3,6 +3,7 @@
 from hooklab.synthetic.checkpoints import (
     TINY_SHAPES,
     TinyPair,
+    build_model_from_config,
     build_random_model,
     real_shape_config,
     tiny_config,
@@ -15,6 +16,7 @@ from hooklab.synthetic.tokenizer import build_tokenizer
 __all__ = [
     "TINY_SHAPES",
     "TinyPair",
+    "build_model_from_config",
     "build_random_model",
     "build_tokenizer",
     "real_shape_config",

@@ -34,6 +34,7 @@ __all__ = [
     "write_perturbed_checkpoint",
     "write_tiny_pair",
     "build_random_model",
+    "build_model_from_config",
 ]
 
 
@@ -163,15 +164,25 @@ def build_random_model(
     For benchmarks on a GPU: nothing is downloaded; the weights are the architecture's own
     random initialisation, made directly on ``device``. ``n_layers`` truncates the stack.
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from hooklab.loading import no_runtime_installs
-
     config = real_shape_config(pair)
     if n_layers is not None:
         config.num_hidden_layers = n_layers
         if getattr(config, "layer_types", None):
             config.layer_types = config.layer_types[:n_layers]
+    return build_model_from_config(config, dtype=dtype, device=device)
+
+
+def build_model_from_config(
+    config: transformers.PretrainedConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """A TransformerBridge with random weights for any supported causal-LM config."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from hooklab.loading import no_runtime_installs
+
     config.architectures = [transformers.AutoModelForCausalLM._model_mapping[type(config)].__name__]
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -182,6 +193,10 @@ def build_random_model(
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     with no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(
-            f"random-{pair}", hf_model=model, tokenizer=tokenizer, device=device, dtype=dtype
+            f"random-{config.model_type}",
+            hf_model=model,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
         )
     return bridge.eval()
