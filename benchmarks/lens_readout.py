@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -42,10 +42,31 @@ def _model(args, n_layers: int):
     return build_model_from_config(config, dtype=dtype, device=args.device)
 
 
-def _peak_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+class _RssSampler:
+    """Peak resident memory of this process while a block runs (CPU), sampled every 2 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.start = self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
 
 
 def _sync(device: str) -> None:
@@ -79,21 +100,23 @@ def measure(args) -> dict:
             return logit_lens(model, tokens, positions=None, return_type="log_probs")
         return rows @ weight.T
 
+    cuda = args.device.startswith("cuda")
     with torch.no_grad():
         _sync(args.device)
-        if args.device.startswith("cuda"):
+        if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        baseline = _peak_bytes(args.device) if args.device.startswith("cuda") else None
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        times = []
+            baseline = torch.cuda.memory_allocated()
+        times, peaks = [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
-            result = contender()
-            _sync(args.device)
-            times.append(time.perf_counter() - start)
-            del result
-        peak = _peak_bytes(args.device) - (baseline if baseline is not None else rss_before)
+            with _RssSampler() as rss:
+                start = time.perf_counter()
+                result = contender()
+                _sync(args.device)
+                times.append(time.perf_counter() - start)
+                del result
+            peaks.append(rss.peak - rss.start)
+        peak = torch.cuda.max_memory_allocated() - baseline if cuda else max(peaks)
     return {
         "measure": args.measure,
         "layers": args.layers,

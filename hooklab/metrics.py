@@ -37,13 +37,21 @@ METRIC_NAMES = (
 
 
 class Workspace:
-    """Reusable float32 buffers for up to ``rows`` positions of a ``d_vocab`` vocabulary."""
+    """Reusable float32 buffers for up to ``rows`` positions of a ``d_vocab`` vocabulary.
 
-    def __init__(self, rows: int, d_vocab: int, device: torch.device | str = "cpu"):
+    ``logits`` holds ``layer_group`` layers' logits of the same positions ([layer_group * rows,
+    d_vocab]), so that several layers are unembedded in one larger, faster matmul; the other
+    buffers hold one layer.
+    """
+
+    def __init__(
+        self, rows: int, d_vocab: int, device: torch.device | str = "cpu", layer_group: int = 1
+    ):
         shape = (rows, d_vocab)
         self.rows = rows
         self.d_vocab = d_vocab
-        self.logits = torch.empty(shape, dtype=torch.float32, device=device)
+        self.layer_group = layer_group
+        self.logits = torch.empty((layer_group * rows, d_vocab), dtype=torch.float32, device=device)
         self.probs = torch.empty(shape, dtype=torch.float32, device=device)
         self.scratch = torch.empty(shape, dtype=torch.float32, device=device)
         self.final_logprobs = torch.empty(shape, dtype=torch.float32, device=device)
@@ -52,6 +60,29 @@ class Workspace:
     @classmethod
     def like(cls, logits: torch.Tensor) -> Workspace:
         return cls(logits.shape[0], logits.shape[1], logits.device)
+
+    @classmethod
+    def plan(
+        cls,
+        d_vocab: int,
+        n_layers: int,
+        device: torch.device | str = "cpu",
+        *,
+        budget_bytes: int = 1 << 30,
+        rows: int | None = None,
+        max_rows: int | None = None,
+    ) -> Workspace:
+        """A workspace of about ``budget_bytes``: up to 8 layers per matmul, rows to fit.
+
+        Its size depends on the vocabulary and the budget, never on the number of layers
+        beyond the group of 8.
+        """
+        group = max(1, min(n_layers, 8))
+        if rows is None:
+            rows = max(1, budget_bytes // (4 * d_vocab * (group + 4)))
+        if max_rows is not None:
+            rows = max(1, min(rows, max_rows))
+        return cls(rows, d_vocab, device, layer_group=group)
 
 
 @dataclass(frozen=True)
@@ -83,10 +114,17 @@ def _count_greater(z: torch.Tensor, threshold: torch.Tensor, scratch: torch.Tens
     return scratch.sum(dim=-1).to(torch.int64)
 
 
-def _log_softmax_(z: torch.Tensor, probs: torch.Tensor) -> None:
-    # z <- log softmax(z) in place, probs <- softmax(z). The final distribution and every layer
-    # go through this same function, so identical logits give bitwise identical results.
-    z.sub_(z.amax(dim=-1, keepdim=True))
+def _inside(view: torch.Tensor, buffer: torch.Tensor) -> bool:
+    start = buffer.data_ptr()
+    end = start + buffer.numel() * buffer.element_size()
+    return start <= view.data_ptr() < end
+
+
+def _log_softmax_(z: torch.Tensor, probs: torch.Tensor, top: torch.Tensor) -> None:
+    # z <- log softmax(z) in place, probs <- softmax(z); top is z's row maximum. The final
+    # distribution and every layer go through this same function, so identical logits give
+    # bitwise identical results.
+    z.sub_(top)
     torch.exp(z, out=probs)
     total = probs.sum(dim=-1, keepdim=True)
     z.sub_(total.log())
@@ -109,8 +147,8 @@ def final_distribution(
     logprobs, probs = workspace.final_logprobs[:n], workspace.final_probs[:n]
     if logits.data_ptr() != logprobs.data_ptr():
         logprobs.copy_(logits)
-    top1 = logprobs.argmax(dim=-1)
-    _log_softmax_(logprobs, probs)
+    top, top1 = logprobs.max(dim=-1)
+    _log_softmax_(logprobs, probs, top.unsqueeze(1))
     return FinalDistribution(logprobs=logprobs, probs=probs, top1=top1)
 
 
@@ -128,8 +166,9 @@ def chunk_metrics(
     """
     n = logits.shape[0]
     workspace = workspace or Workspace.like(logits)
-    z = workspace.logits[:n]
-    if logits.data_ptr() != z.data_ptr():
+    z = logits
+    if not _inside(logits, workspace.logits):
+        z = workspace.logits[:n]
         z.copy_(logits)
     probs, scratch = workspace.probs[:n], workspace.scratch[:n]
     rows = _rows(n, z.device)
@@ -138,8 +177,9 @@ def chunk_metrics(
     out["final_top1_rank"] = _count_greater(z, z[rows, final.top1], scratch)
     if targets is not None:
         out["target_rank"] = _count_greater(z, z[rows, targets], scratch)
-    out["top1_agree"] = z.argmax(dim=-1) == final.top1
-    _log_softmax_(z, probs)  # z is now log p
+    top, top1 = z.max(dim=-1)
+    out["top1_agree"] = top1 == final.top1
+    _log_softmax_(z, probs, top.unsqueeze(1))  # z is now log p
     out["entropy"] = -_dot(probs, z, scratch)
     out["final_top1_prob"] = probs[rows, final.top1]
     if targets is not None:

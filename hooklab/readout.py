@@ -20,7 +20,7 @@ from hooklab.errors import HooklabError
 from hooklab.lens import Lens, LogitLens, TunedLens
 from hooklab.metrics import Workspace
 from hooklab.prompts import Prompt, prompt_set_hash
-from hooklab.stream import default_chunk_rows, read_lens
+from hooklab.stream import read_lens
 from hooklab.tables import build_manifest, readout_frame
 
 __all__ = ["ReadoutConfig", "parse_lens_spec", "load_lenses", "run_readout", "readout_manifest"]
@@ -123,8 +123,9 @@ def run_readout(
         groups.setdefault((seq.condition, seq.model), []).append(seq)
     n_batches = sum(-(-len(g) // config.batch_size) for g in groups.values())
     device = pair.pt.unembed.original_component.weight.device
-    workspace = Workspace(
-        config.chunk_rows or default_chunk_rows(pair.d_vocab), pair.d_vocab, device
+    most_rows = config.batch_size * max(len(s.tokens) for s in sequences)
+    workspace = Workspace.plan(
+        pair.d_vocab, pair.n_layers, device, rows=config.chunk_rows, max_rows=most_rows
     )
     frames = []
     with tqdm(total=n_batches, desc="lens readout", disable=not progress, unit="batch") as bar:

@@ -22,7 +22,7 @@ from hooklab.forward import HookFn, residual_stream
 from hooklab.lens.base import Lens, LogitLens
 from hooklab.metrics import Workspace, chunk_metrics, final_distribution
 
-__all__ = ["LensReadout", "read_lens", "default_chunk_rows"]
+__all__ = ["LensReadout", "read_lens"]
 
 _FLOAT_METRICS = (
     "kl_to_final",
@@ -51,11 +51,6 @@ class LensReadout:
     n_layers: int
 
 
-def default_chunk_rows(d_vocab: int, budget_elements: int = 1 << 24) -> int:
-    """Positions per chunk so that one [rows, d_vocab] float32 buffer has ~``budget_elements``."""
-    return max(1, budget_elements // d_vocab)
-
-
 def read_lens(
     model: Any,
     tokens: Int[torch.Tensor, "batch pos"],
@@ -79,9 +74,10 @@ def read_lens(
         targets: [batch, pos] a target token per position (e.g. the next token of a fixed
             history), -1 where there is none; adds ``target_logprob`` and ``target_rank``.
         fwd_hooks: extra hooks during the forward pass (e.g. a graft).
-        chunk_rows: positions decoded at once (default: ~64 MB of float32 logits per buffer).
-        workspace: buffers to reuse across calls (must match ``chunk_rows`` and the vocabulary);
-            saves re-faulting ~5 x 64 MB of fresh memory per call on the CPU.
+        chunk_rows: positions decoded at once (default: what fits a 1 GiB workspace, see
+            :meth:`~hooklab.metrics.Workspace.plan`).
+        workspace: buffers to reuse across calls; saves re-faulting fresh memory on every call
+            on the CPU.
     """
     lens = lens or LogitLens()
     n_layers = int(model.cfg.n_layers)
@@ -98,7 +94,6 @@ def read_lens(
     if targets is not None:
         row_targets = targets.to(device)[read]
     d_vocab = int(model.cfg.d_vocab)
-    chunk = chunk_rows or default_chunk_rows(d_vocab)
     names = [
         "kl_to_final",
         "kl_final_to_layer",
@@ -111,37 +106,53 @@ def read_lens(
         names += ["target_logprob", "target_rank"]
     flat = {name: [] for name in names}
     top1_chunks = []
-    if workspace is None or workspace.rows < min(chunk, n_rows) or workspace.d_vocab != d_vocab:
-        workspace = Workspace(min(chunk, max(n_rows, 1)), d_vocab, device)
-    chunk = min(chunk, workspace.rows)
+    if (
+        workspace is None
+        or workspace.d_vocab != d_vocab
+        or (chunk_rows is not None and workspace.rows < min(chunk_rows, n_rows))
+    ):
+        workspace = Workspace.plan(
+            d_vocab, n_layers, device, rows=chunk_rows, max_rows=max(n_rows, 1)
+        )
+    chunk = min(chunk_rows or workspace.rows, workspace.rows)
+    # Layers go through the unembedding in groups of `group`, the last layer in the first
+    # group: its logits are the final distribution, needed by every other layer's metrics.
+    # They are computed once (n_layers matmul rows per position, not n_layers + 1).
+    group = workspace.layer_group
+    order = [n_layers - 1, *range(n_layers - 1)]
+    groups = [order[i : i + group] for i in range(0, n_layers, group)]
     with torch.no_grad():
         for start in range(0, n_rows, chunk):
             stop = min(start + chunk, n_rows)
             n = stop - start
-            buffer = workspace.logits[:n]
-            final_logits = read_logits(
-                model, rows[-1, start:stop], out=workspace.final_logprobs[:n]
-            )
-            final = final_distribution(final_logits, workspace)
-            top1_chunks.append(final.top1)
             tgt = None
             if row_targets is not None:
                 tgt = row_targets[start:stop]
                 has_target = tgt >= 0
                 tgt = tgt.clamp_min(0)
-            per_layer = []
-            for layer in range(n_layers):
-                resid = rows[layer, start:stop]
-                if layer < n_layers - 1:  # the last layer is never translated
-                    resid = lens.translate(layer, resid)
-                logits = read_logits(model, resid, out=buffer)
-                values = chunk_metrics(logits, final, tgt, workspace)
-                if tgt is not None:
-                    values["target_logprob"] = values["target_logprob"].masked_fill(
-                        ~has_target, torch.nan
-                    )
-                    values["target_rank"] = values["target_rank"].masked_fill(~has_target, -1)
-                per_layer.append(values)
+            per_layer: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
+            final = None
+            for layers in groups:
+                stacked = torch.cat(
+                    [
+                        rows[layer, start:stop]
+                        if layer == n_layers - 1
+                        else lens.translate(layer, rows[layer, start:stop])
+                        for layer in layers
+                    ]
+                )
+                logits = read_logits(model, stacked, out=workspace.logits[: len(layers) * n])
+                if final is None:
+                    final = final_distribution(logits[:n], workspace)
+                    top1_chunks.append(final.top1)
+                for j, layer in enumerate(layers):
+                    values = chunk_metrics(logits[j * n : (j + 1) * n], final, tgt, workspace)
+                    if tgt is not None:
+                        values["target_logprob"] = values["target_logprob"].masked_fill(
+                            ~has_target, torch.nan
+                        )
+                        values["target_rank"] = values["target_rank"].masked_fill(~has_target, -1)
+                    per_layer[layer] = values
             for name in names:
                 flat[name].append(torch.stack([v[name] for v in per_layer], dim=-1).cpu())
     read_cpu = read.cpu()
