@@ -40,6 +40,7 @@ __all__ = [
     "spec_for_model",
     "hf_text_config",
     "mlp_output",
+    "mlp_path_parameter_names",
     "read_logits",
     "output_softcap",
     "moe_layout",
@@ -151,6 +152,32 @@ def mlp_output(
         if isinstance(out, tuple):  # MoE blocks of some versions return (hidden, router_logits)
             out = out[0]
     return out
+
+
+def mlp_path_parameter_names(model: Any) -> list[str]:
+    """Names, in the Hugging Face model's ``named_parameters()``, of every MLP-path weight.
+
+    Norms included. (Checkpoint files may store some differently, e.g. DeepSeek-V2's experts
+    one by one; load the Hugging Face model to use these names.)
+
+    Found by module identity from the bridge's own components, so the names are right for each
+    family's layout (e.g. Gemma 3's ``pre_feedforward_layernorm`` / ``post_feedforward_layernorm``,
+    OLMo 2's post-norm only, DeepSeek-V2's router, shared and routed experts).
+    """
+    spec = spec_for_model(model)
+    wanted = {
+        id(_original(getattr(block, name))) for block in model.blocks for name in spec.mlp_path
+    }
+    names = []
+    for module_name, module in model.original_model.named_modules():
+        if id(module) in wanted:
+            names += [f"{module_name}.{p}" for p, _ in module.named_parameters()]
+    return sorted(set(_hf_state_name(name) for name in names))
+
+
+def _hf_state_name(name: str) -> str:
+    # Bridge wrappers nest the wrapped Linear as "_original_component"; the checkpoint does not.
+    return name.replace("._original_component", "").replace("_original_component.", "")
 
 
 def output_softcap(model: Any) -> float | None:

@@ -26,6 +26,7 @@ __all__ = [
 
 METRIC_NAMES = (
     "kl_to_final",
+    "kl_to_teacher",
     "kl_final_to_layer",
     "entropy",
     "top1_agree",
@@ -56,6 +57,12 @@ class Workspace:
         self.scratch = torch.empty(shape, dtype=torch.float32, device=device)
         self.final_logprobs = torch.empty(shape, dtype=torch.float32, device=device)
         self.final_probs = torch.empty(shape, dtype=torch.float32, device=device)
+
+    def teacher_buffer(self, n: int) -> torch.Tensor:
+        """[n, d_vocab] buffer for a teacher's final log-probabilities (made on first use)."""
+        if getattr(self, "_teacher", None) is None:
+            self._teacher = torch.empty_like(self.probs)
+        return self._teacher[:n]
 
     @classmethod
     def like(cls, logits: torch.Tensor) -> Workspace:
@@ -152,17 +159,32 @@ def final_distribution(
     return FinalDistribution(logprobs=logprobs, probs=probs, top1=top1)
 
 
+def teacher_distribution(
+    logits: Float[torch.Tensor, "n d_vocab"], workspace: Workspace
+) -> Float[torch.Tensor, "n d_vocab"]:
+    """Another model's final log-probabilities, in place in ``workspace.teacher_buffer``."""
+    n = logits.shape[0]
+    logprobs = workspace.teacher_buffer(n)
+    if logits.data_ptr() != logprobs.data_ptr():
+        logprobs.copy_(logits)
+    _log_softmax_(logprobs, workspace.scratch[:n], logprobs.amax(dim=-1, keepdim=True))
+    return logprobs
+
+
 def chunk_metrics(
     logits: Float[torch.Tensor, "n d_vocab"],
     final: FinalDistribution,
     targets: Int[torch.Tensor, " n"] | None = None,
     workspace: Workspace | None = None,
+    *,
+    teacher_logprobs: Float[torch.Tensor, "n d_vocab"] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All metrics of one layer at a chunk of positions.
 
     ``logits`` may be ``workspace.logits[:n]`` (then it is overwritten with log-probabilities);
     otherwise it is copied there first. Returns [n] tensors keyed by :data:`METRIC_NAMES`
-    (the target metrics only when ``targets`` is given).
+    (the target metrics only when ``targets`` is given; ``kl_to_teacher``, KL(p_layer ‖
+    p_teacher), only with ``teacher_logprobs``).
     """
     n = logits.shape[0]
     workspace = workspace or Workspace.like(logits)
@@ -184,6 +206,9 @@ def chunk_metrics(
     out["final_top1_prob"] = probs[rows, final.top1]
     if targets is not None:
         out["target_logprob"] = z[rows, targets]
+    if teacher_logprobs is not None:
+        torch.sub(z, teacher_logprobs, out=scratch)
+        out["kl_to_teacher"] = scratch.mul_(probs).sum(dim=-1).clamp_min_(0.0)
     # Both KLs from one difference of log-probabilities: summing p * (log p - log q) term by
     # term avoids the cancellation of two entropy-sized sums.
     difference = z.sub_(final.logprobs)  # in place: out=z would copy through a temporary

@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 
 from hooklab.architectures import read_logits
 from hooklab.forward import HookFn, residual_stream
 from hooklab.lens.base import Lens, LogitLens
-from hooklab.metrics import Workspace, chunk_metrics, final_distribution
+from hooklab.metrics import Workspace, chunk_metrics, final_distribution, teacher_distribution
 
-__all__ = ["LensReadout", "read_lens"]
+__all__ = ["LensReadout", "read_lens", "read_residuals"]
 
 _FLOAT_METRICS = (
+    "kl_to_teacher",
     "kl_to_final",
     "kl_final_to_layer",
     "entropy",
@@ -79,16 +80,51 @@ def read_lens(
         workspace: buffers to reuse across calls; saves re-faulting fresh memory on every call
             on the CPU.
     """
-    lens = lens or LogitLens()
-    n_layers = int(model.cfg.n_layers)
     device = model.unembed.original_component.weight.device
     tokens = tokens.to(device)
     mask = None if attention_mask is None else attention_mask.to(device)
     read = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
     if read_mask is not None:
         read = read & read_mask.to(device).bool()
-    resid = residual_stream(model, tokens, attention_mask=mask, fwd_hooks=fwd_hooks)
-    rows = resid[:, read]  # [layer, n, d_model]
+    stream = residual_stream(model, tokens, attention_mask=mask, fwd_hooks=fwd_hooks)
+    return read_residuals(
+        model,
+        stream.resid_post,
+        read,
+        lens,
+        targets=targets,
+        chunk_rows=chunk_rows,
+        workspace=workspace,
+    )
+
+
+def read_residuals(
+    model: Any,
+    resid_post: Float[torch.Tensor, "layer batch pos d_model"],
+    read: Bool[torch.Tensor, "batch pos"],
+    lens: Lens | None = None,
+    *,
+    targets: Int[torch.Tensor, "batch pos"] | None = None,
+    teacher: tuple[Any, Float[torch.Tensor, "batch pos d_model"]] | None = None,
+    chunk_rows: int | None = None,
+    workspace: Workspace | None = None,
+) -> LensReadout:
+    """Lens metrics of an already computed residual stream (see :func:`read_lens`).
+
+    Args:
+        teacher: ``(teacher_model, teacher_final_resid)``: adds ``kl_to_teacher`` =
+            KL(p_layer ‖ p_teacher_final) at every layer, the teacher's final distribution
+            being read from its last ``hook_resid_post`` on the same tokens.
+    """
+    lens = lens or LogitLens()
+    n_layers = int(model.cfg.n_layers)
+    device = resid_post.device
+    read = read.to(device)
+    rows = resid_post[:, read]  # [layer, n, d_model]
+    teacher_rows = None
+    if teacher is not None:
+        teacher_model, teacher_resid = teacher
+        teacher_rows = teacher_resid.to(device)[read]
     n_rows = rows.shape[1]
     row_targets = None
     if targets is not None:
@@ -104,6 +140,8 @@ def read_lens(
     ]
     if row_targets is not None:
         names += ["target_logprob", "target_rank"]
+    if teacher_rows is not None:
+        names += ["kl_to_teacher"]
     flat = {name: [] for name in names}
     top1_chunks = []
     if (
@@ -132,6 +170,14 @@ def read_lens(
                 tgt = tgt.clamp_min(0)
             per_layer: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
             final = None
+            teacher_logprobs = None
+            if teacher_rows is not None:
+                teacher_logprobs = teacher_distribution(
+                    read_logits(
+                        teacher_model, teacher_rows[start:stop], out=workspace.teacher_buffer(n)
+                    ),
+                    workspace,
+                )
             for layers in groups:
                 stacked = torch.cat(
                     [
@@ -146,7 +192,13 @@ def read_lens(
                     final = final_distribution(logits[:n], workspace)
                     top1_chunks.append(final.top1)
                 for j, layer in enumerate(layers):
-                    values = chunk_metrics(logits[j * n : (j + 1) * n], final, tgt, workspace)
+                    values = chunk_metrics(
+                        logits[j * n : (j + 1) * n],
+                        final,
+                        tgt,
+                        workspace,
+                        teacher_logprobs=teacher_logprobs,
+                    )
                     if tgt is not None:
                         values["target_logprob"] = values["target_logprob"].masked_fill(
                             ~has_target, torch.nan
@@ -156,7 +208,7 @@ def read_lens(
             for name in names:
                 flat[name].append(torch.stack([v[name] for v in per_layer], dim=-1).cpu())
     read_cpu = read.cpu()
-    batch, pos = tokens.shape
+    batch, pos = read_cpu.shape
     metrics = {}
     for name in names:
         values = torch.cat(flat[name]) if flat[name] else torch.empty(0, n_layers)

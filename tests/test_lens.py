@@ -120,7 +120,7 @@ def test_translator_indexing_follows_the_tuned_lens_package(pair, tmp_path):
         )
     )
     lens = TunedLens.load(folder, pair.pt)
-    resid = residual_stream(pair.pt, _tokens(pair))
+    resid = residual_stream(pair.pt, _tokens(pair)).resid_post
     expected = read_logits(pair.pt, resid[1] + state["2.bias"])
     with torch.no_grad():
         assert torch.allclose(read_logits(pair.pt, lens.translate(1, resid[1])), expected)

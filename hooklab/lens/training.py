@@ -123,7 +123,7 @@ def held_out_kl(
     with torch.no_grad(), _frozen(model):
         for start in range(0, sequences.shape[0], batch_size):
             batch = sequences[start : start + batch_size].to(device)
-            resid = residual_stream(model, batch)
+            resid = residual_stream(model, batch).resid_post
             final = torch.log_softmax(read_logits(model, resid[-1]).float(), -1)
             for layer in range(n_layers - 1):
                 kl = _layer_kl(model, lens, layer, resid[layer], final)
@@ -179,7 +179,7 @@ def train_tuned_lens(
         for step in bar:
             rows = torch.arange(step * config.batch_size, (step + 1) * config.batch_size)
             batch = train[rows % train.shape[0]].to(device)
-            resid = residual_stream(model, batch)
+            resid = residual_stream(model, batch).resid_post
             with torch.no_grad():
                 final = torch.log_softmax(read_logits(model, resid[-1]).float(), -1)
             optimizer.zero_grad(set_to_none=True)

@@ -32,6 +32,7 @@ __all__ = [
     "real_shape_config",
     "write_tiny_checkpoint",
     "write_perturbed_checkpoint",
+    "write_mlp_swapped_checkpoint",
     "write_tiny_pair",
     "build_random_model",
     "build_model_from_config",
@@ -130,6 +131,35 @@ def write_perturbed_checkpoint(
     _perturb_(model, scale=scale, seed=seed)
     model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+def write_mlp_swapped_checkpoint(host: str | Path, donor: str | Path, folder: str | Path) -> Path:
+    """Write ``host`` with every block's MLP-path weights (norms included) taken from ``donor``.
+
+    The result shares all non-MLP weights with ``host``: grafting every MLP of it into
+    ``host`` must reproduce it exactly (DESIGN.md section 5).
+    """
+    from hooklab.architectures import mlp_path_parameter_names
+    from hooklab.loading import CheckpointSource, boot_bridge
+
+    host, donor, folder = Path(host), Path(donor), Path(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(host)
+    bridge = boot_bridge(
+        CheckpointSource(str(host), is_local=True),
+        tokenizer=tokenizer,
+        dtype=torch.float32,
+        device="cpu",
+    )
+    names = mlp_path_parameter_names(bridge)
+    config = transformers.AutoConfig.from_pretrained(host)
+    host_model = _model_class(config).from_pretrained(host)
+    donor_model = _model_class(config).from_pretrained(donor)
+    with torch.no_grad():
+        for name in names:
+            host_model.get_parameter(name).copy_(donor_model.get_parameter(name))
+    host_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

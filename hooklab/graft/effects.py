@@ -1,0 +1,79 @@
+"""Graft effects with uncertainty: paired differences against the ungrafted host, over prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hooklab.errors import HooklabError
+from hooklab.metrics import late_layers
+from hooklab.stats import bootstrap_mean_ci, sign_flip_test
+
+__all__ = ["graft_effects", "layer_effects"]
+
+
+def graft_effects(
+    table: pd.DataFrame,
+    metric: str = "kl_to_final",
+    *,
+    late_fraction: float = 0.25,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per (direction, mode, window): the late-region mean of ``delta_<metric>`` over prompts.
+
+    Each prompt contributes its mean over the late layers (:func:`~hooklab.metrics.late_layers`)
+    of the grafted minus ungrafted host. Reported: mean, percentile and BCa bootstrap CIs,
+    the standard error, a sign-flip permutation p-value, and the prompt and token counts.
+    """
+    column = f"delta_{metric}"
+    if column not in table.columns:
+        raise HooklabError(f"metric={metric!r}: the graft table has no column {column!r}.")
+    n_layers = int(table["n_layers"].iloc[0])
+    late = table[
+        table["layer"].isin(late_layers(n_layers, late_fraction)) & (table["mode"] != "none")
+    ]
+    per_prompt = (
+        late.groupby(["direction", "mode", "window", "prompt_id"], observed=True)
+        .agg(value=(column, "mean"), n_tokens=("n_tokens", "first"))
+        .reset_index()
+    )
+    rows = []
+    keys = ["direction", "mode", "window"]
+    for key, group in per_prompt.groupby(keys, observed=True, sort=True):
+        values = group["value"].to_numpy()
+        percentile = bootstrap_mean_ci(values, level=level, seed=seed)
+        bca = bootstrap_mean_ci(values, level=level, seed=seed, method="bca")
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "metric": metric,
+                "region": f"late {late_fraction:g}",
+                "mean": percentile.mean,
+                "ci_low": percentile.low,
+                "ci_high": percentile.high,
+                "bca_low": bca.low,
+                "bca_high": bca.high,
+                "sem": percentile.sem,
+                "p_sign_flip": sign_flip_test(values, seed=seed),
+                "n_prompts": percentile.n,
+                "n_tokens": int(group["n_tokens"].sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def layer_effects(
+    table: pd.DataFrame, metric: str = "kl_to_final", *, seed: int = 0
+) -> pd.DataFrame:
+    """Per (direction, mode, window, layer): mean ``delta_<metric>`` with its standard error."""
+    column = f"delta_{metric}"
+    grafted = table[table["mode"] != "none"]
+    grouped = grafted.groupby(["direction", "mode", "window", "layer"], observed=True)[column]
+    out = grouped.agg(
+        mean="mean",
+        sem=lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
+        n_prompts="size",
+    ).reset_index()
+    out.insert(4, "metric", metric)
+    return out

@@ -1,0 +1,296 @@
+"""A graft sweep: directions x modes x windows over shared histories, without redoing work.
+
+Per batch of histories, each model's ungrafted pass runs once and keeps its residual stream,
+its block inputs and (for splice) its MLP outputs; every window then reruns only the host's
+blocks from the window's first layer on (:func:`~hooklab.forward.resume_residual_stream`).
+The naive way (``reuse=False``: one donor pass and one full host pass per window) gives the
+same numbers and exists for checks and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hooklab.errors import HooklabError
+from hooklab.forward import ResidualStream, residual_stream, resume_residual_stream
+from hooklab.graft.engine import DIRECTIONS, MODES, graft_hooks, mlp_out_hooks
+from hooklab.graft.histories import History
+from hooklab.graft.windows import Window, parse_windows
+from hooklab.lens import Lens
+from hooklab.metrics import Workspace
+from hooklab.stream import LensReadout, read_residuals
+
+__all__ = ["GraftConfig", "run_graft", "GRAFT_METRICS"]
+
+GRAFT_METRICS = (
+    "kl_to_final",
+    "kl_final_to_layer",
+    "entropy",
+    "top1_agree",
+    "final_top1_rank",
+    "final_top1_prob",
+    "target_logprob",
+    "target_rank",
+    "kl_to_teacher",
+)
+
+
+@dataclass(frozen=True)
+class GraftConfig:
+    """What a graft sweep does.
+
+    Attributes:
+        directions: any of ``it-to-pt`` (graft), ``pt-to-it`` (swap), ``self-pt``, ``self-it``.
+        windows: window spec (see :data:`hooklab.graft.windows.WINDOW_HELP`).
+        modes: any of ``module``, ``splice``, ``random``.
+        lens: ``"logit"`` or ``"tuned:DIR"``.
+        max_new_tokens: length cap of IT's greedy responses (the shared histories).
+        batch_size: histories per forward pass.
+        seed: seed of the random control and of the bootstrap summaries.
+    """
+
+    directions: tuple[str, ...] = ("it-to-pt",)
+    windows: str = "late,mid,early"
+    modes: tuple[str, ...] = ("module",)
+    lens: str = "logit"
+    max_new_tokens: int = 32
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.directions if d not in DIRECTIONS]
+        if bad or not self.directions:
+            raise HooklabError(
+                f"direction={','.join(self.directions)}: accepted directions are "
+                f"{', '.join(DIRECTIONS)} (or 'both' on the command line)."
+            )
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise HooklabError(
+                f"mode={','.join(self.modes)}: accepted modes are {', '.join(MODES)}."
+            )
+        if self.batch_size < 1:
+            raise HooklabError(f"batch_size={self.batch_size} must be at least 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pad(batch: Sequence[History], pad_id: int):
+    length = max(len(h.tokens) for h in batch)
+    tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    read = torch.zeros((len(batch), length), dtype=torch.bool)
+    targets = torch.full((len(batch), length), -1, dtype=torch.long)
+    for i, h in enumerate(batch):
+        n = len(h.tokens)
+        tokens[i, :n] = torch.tensor(h.tokens)
+        mask[i, :n] = 1
+        read[i, h.read_from : h.read_to] = True
+        targets[i, : n - 1] = torch.tensor(h.tokens[1:])
+    return tokens, mask, read, targets
+
+
+def _per_prompt(readout: LensReadout) -> dict[str, np.ndarray]:
+    """Per (row, layer) means over the read positions, and the token count per row."""
+    read = readout.read.unsqueeze(-1)
+    counts = readout.read.sum(dim=1)
+    out = {}
+    for name, values in readout.metrics.items():
+        values = values.double()
+        masked = torch.where(read, values, torch.zeros_like(values))
+        if name.startswith("target"):
+            valid = read & ~torch.isnan(values) & (values >= 0 if name == "target_rank" else True)
+            masked = torch.where(valid, values, torch.zeros_like(values))
+            out[name] = (masked.sum(1) / valid.sum(1).clamp_min(1)).numpy()
+        else:
+            out[name] = (masked.sum(1) / counts.clamp_min(1).unsqueeze(-1)).numpy()
+    out["n_tokens"] = counts.numpy()
+    return out
+
+
+class _Batch:
+    """One batch of histories with each side's ungrafted pass, computed once."""
+
+    def __init__(self, pair: Any, batch: Sequence[History], sides: set[str], reuse: bool):
+        pad = pair.tokenizer.pad_token_id
+        device = pair.pt.unembed.original_component.weight.device
+        tokens, mask, read, targets = _pad(batch, 0 if pad is None else int(pad))
+        self.tokens, self.mask = tokens.to(device), mask.to(device)
+        self.read, self.targets = read, targets
+        self.keys = [h.prompt_id for h in batch]
+        self.streams: dict[str, ResidualStream] = {}
+        self.mlp_out: dict[str, dict[int, torch.Tensor]] = {}
+        for side in sorted(sides | {"it"}):  # IT is always the teacher
+            store: dict[int, torch.Tensor] = {}
+            self.streams[side] = residual_stream(
+                pair.models()[side],
+                self.tokens,
+                attention_mask=self.mask,
+                fwd_hooks=mlp_out_hooks(pair.n_layers, store),
+                keep_block_inputs=reuse,
+            )
+            self.mlp_out[side] = store
+
+    def metrics(
+        self,
+        pair: Any,
+        side: str,
+        stream: ResidualStream,
+        lenses: dict[str, Lens],
+        workspace: Workspace,
+    ) -> dict[str, np.ndarray]:
+        """Per-prompt lens metrics of ``side``'s stream, with IT's final as the teacher."""
+        readout = read_residuals(
+            pair.models()[side],
+            stream.resid_post,
+            self.read,
+            lenses[side],
+            targets=self.targets,
+            teacher=(pair.it, self.streams["it"].resid_post[-1]),
+            workspace=workspace,
+        )
+        return _per_prompt(readout)
+
+    def grafted(
+        self, pair: Any, host: str, donor: str, window: Window, mode: str, seed: int, reuse: bool
+    ) -> ResidualStream:
+        models = pair.models()
+        donor_out = self.mlp_out[donor]
+        if not reuse and mode == "splice":  # the naive way recomputes the donor per window
+            donor_out = {}
+            residual_stream(
+                models[donor],
+                self.tokens,
+                attention_mask=self.mask,
+                fwd_hooks=mlp_out_hooks(pair.n_layers, donor_out),
+            )
+        hooks_ = graft_hooks(
+            models[host],
+            models[donor],
+            window.layers,
+            mode,
+            donor_mlp_out=donor_out,
+            row_keys=self.keys,
+            seed=seed,
+        )
+        if reuse:
+            return resume_residual_stream(
+                models[host], self.streams[host], window.start, fwd_hooks=hooks_
+            )
+        return residual_stream(
+            models[host], self.tokens, attention_mask=self.mask, fwd_hooks=hooks_
+        )
+
+
+def run_graft(
+    pair: Any,
+    histories: Sequence[History],
+    config: GraftConfig,
+    *,
+    lenses: dict[str, Lens],
+    categories: dict[str, str] | None = None,
+    reuse: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The graft table: one row per (prompt, direction, mode, window, layer).
+
+    Rows with ``mode == "none"`` are each host's ungrafted pass. Metric columns are means over
+    a prompt's response positions; ``delta_<metric>`` is the grafted minus the ungrafted host on
+    the same tokens; ``kl_to_teacher`` is KL(p_layer ‖ IT's final distribution).
+    """
+    windows = parse_windows(config.windows, pair.n_layers)
+    directions = [(d, *DIRECTIONS[d]) for d in config.directions]
+    sides = {s for _, host, donor in directions for s in (host, donor)}
+    workspace = Workspace.plan(
+        pair.d_vocab,
+        pair.n_layers,
+        pair.pt.unembed.original_component.weight.device,
+        max_rows=config.batch_size * max(len(h.tokens) for h in histories),
+    )
+    n_batches = -(-len(histories) // config.batch_size)
+    conditions = [(d, h, o, m, w) for d, h, o in directions for m in config.modes for w in windows]
+    rows: list[pd.DataFrame] = []
+    bar = tqdm(
+        total=n_batches * (len(conditions) + len(directions)),
+        desc="graft sweep",
+        disable=not progress,
+        unit="pass",
+    )
+    for start in range(0, len(histories), config.batch_size):
+        batch_histories = histories[start : start + config.batch_size]
+        batch = _Batch(pair, batch_histories, sides, reuse)
+
+        baselines: dict[str, dict[str, np.ndarray]] = {}
+        for direction, host, donor in directions:
+            if host not in baselines:
+                baselines[host] = batch.metrics(pair, host, batch.streams[host], lenses, workspace)
+            rows.append(
+                _frame(
+                    batch.keys,
+                    direction,
+                    host,
+                    donor,
+                    "none",
+                    None,
+                    baselines[host],
+                    baselines[host],
+                    pair.n_layers,
+                )
+            )
+            bar.update()
+        for direction, host, donor, mode, window in conditions:
+            stream = batch.grafted(pair, host, donor, window, mode, config.seed, reuse)
+            rows.append(
+                _frame(
+                    batch.keys,
+                    direction,
+                    host,
+                    donor,
+                    mode,
+                    window,
+                    batch.metrics(pair, host, stream, lenses, workspace),
+                    baselines[host],
+                    pair.n_layers,
+                )
+            )
+            bar.update()
+    bar.close()
+    frame = pd.concat(rows, ignore_index=True)
+    frame.insert(1, "category", [(categories or {}).get(p, "") for p in frame["prompt_id"]])
+    for column in ("prompt_id", "category", "direction", "host", "donor", "mode", "window"):
+        frame[column] = frame[column].astype("category")
+    return frame
+
+
+def _frame(
+    keys, direction, host, donor, mode, window: Window | None, values, baseline, n_layers: int
+) -> pd.DataFrame:
+    batch = len(keys)
+    layer = np.tile(np.arange(n_layers), batch)
+    data: dict[str, Any] = {
+        "prompt_id": np.repeat(keys, n_layers),
+        "direction": direction,
+        "host": host,
+        "donor": donor,
+        "mode": mode,
+        "window": "none" if window is None else window.name,
+        "window_start": -1 if window is None else window.start,
+        "window_end": -1 if window is None else window.end,
+        "layer": layer,
+        "n_layers": n_layers,
+        "depth": layer / max(n_layers - 1, 1),
+        "n_tokens": np.repeat(values["n_tokens"], n_layers),
+    }
+    for name in GRAFT_METRICS:
+        data[name] = values[name].reshape(-1)
+    for name in GRAFT_METRICS:
+        data[f"delta_{name}"] = (values[name] - baseline[name]).reshape(-1)
+    return pd.DataFrame(data)
