@@ -212,6 +212,98 @@ def readout(
         )
 
 
+@app.command()
+def graft(
+    out: Annotated[
+        Path,
+        typer.Option(help="Output folder (graft.parquet, histories/, manifest.json, effects.csv)."),
+    ],
+    pair: PairOption = None,
+    pt: PtOption = None,
+    it: ItOption = None,
+    prompts: Annotated[str, typer.Option(help="JSONL prompt file, or 'builtin'.")] = "builtin",
+    direction: Annotated[
+        str, typer.Option(help="it-to-pt, pt-to-it, both, self-pt, self-it; comma-separated.")
+    ] = "both",
+    windows: Annotated[
+        str, typer.Option(help="late,mid,early | last25 | a:b,... | sliding:W[:S]")
+    ] = "late,mid,early",
+    mode: Annotated[
+        str, typer.Option(help="module, splice, random; comma-separated.")
+    ] = "module,random",
+    lens: Annotated[str, typer.Option(help="'logit' or 'tuned:DIR' (DIR/pt, DIR/it).")] = "logit",
+    histories: Annotated[
+        Path | None, typer.Option(help="Reuse the histories folder of an earlier run.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Length cap of IT's greedy responses.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Histories per forward pass.")] = 8,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random control and the bootstrap.")] = 0,
+    pt_revision: PtRevision = None,
+    it_revision: ItRevision = None,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Graft IT MLPs into PT (and swap PT into IT) over windows of layers, with random controls."""
+    from hooklab.graft.effects import graft_effects, layer_effects
+    from hooklab.graft.histories import load_histories, make_histories, save_histories
+    from hooklab.graft.sweep import GraftConfig, run_graft
+    from hooklab.graft.windows import parse_windows
+    from hooklab.prompts import load_prompts, prompt_set_hash
+    from hooklab.readout import load_lenses
+    from hooklab.tables import build_manifest, write_table
+
+    directions = [d.strip() for d in direction.split(",") if d.strip()]
+    if "both" in directions:
+        directions = ["it-to-pt", "pt-to-it"] + [d for d in directions if d != "both"]
+    config = GraftConfig(
+        directions=tuple(dict.fromkeys(directions)),
+        windows=windows,
+        lens=lens,
+        modes=tuple(m.strip() for m in mode.split(",") if m.strip()),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    prompt_set = load_prompts(prompts)[:limit]
+    loaded = _load_pair_from_options(
+        pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code
+    )
+    parse_windows(config.windows, loaded.n_layers)  # refuse bad windows before any work
+    lenses = load_lenses(loaded, config.lens)
+    if histories is not None:
+        shared = load_histories(histories)
+        wanted = {p.id for p in prompt_set}
+        shared = [h for h in shared if h.prompt_id in wanted] if limit else shared
+    else:
+        shared = make_histories(loaded, prompt_set, max_new_tokens=max_new_tokens)
+    save_histories(shared, out / "histories")
+    table = run_graft(
+        loaded, shared, config, lenses=lenses, categories={p.id: p.category for p in prompt_set}
+    )
+    manifest = build_manifest(
+        pair=loaded,
+        config={"experiment": "graft", **config.to_dict()},
+        prompt_set_hash=prompt_set_hash(prompt_set),
+        n_prompts=len(shared),
+        seed=seed,
+    )
+    manifest["lenses"] = {side: lens_.describe() for side, lens_ in lenses.items()}
+    path = write_table(table, out, "graft", manifest)
+    effects = graft_effects(table, seed=seed)
+    effects.to_csv(out / "effects.csv", index=False)
+    layer_effects(table, seed=seed).to_csv(out / "layer_effects.csv", index=False)
+    typer.echo(f"wrote {path} ({len(table)} rows), histories and effects in {out}")
+    typer.echo("late-region change of kl_to_final (grafted - host), mean [95% CI], p:")
+    for row in effects.itertuples():
+        typer.echo(
+            f"  {row.direction:<9} {row.mode:<7} {row.window:<8} {row.mean:+.4f} "
+            f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]  p={row.p_sign_flip:.3g}  "
+            f"({row.n_prompts} prompts, {row.n_tokens} tokens)"
+        )
+
+
 @app.command("train-lens")
 def train_lens(
     out: Annotated[Path, typer.Option(help="Folder for the lenses (OUT/pt, OUT/it).")],

@@ -86,15 +86,25 @@ def sign_flip_test(
 ) -> float:
     """Two-sided p-value of a paired sign-flip permutation test that the mean difference is 0.
 
-    Under the null each prompt's difference is as likely positive as negative; the p-value is
-    (1 + #{|mean of sign-flipped| >= |observed mean|}) / (1 + n_permutations).
+    Under the null each prompt's difference is as likely positive as negative. With up to 16
+    prompts all 2**n sign patterns are enumerated (an exact p-value); above that,
+    ``n_permutations`` random patterns give (1 + #{|flipped mean| >= |observed|}) /
+    (1 + n_permutations).
+
+    >>> round(sign_flip_test(np.ones(8)), 4)  # only the two all-same-sign patterns reach it
+    0.0078
     """
     differences = np.asarray(differences, dtype=np.float64)
     differences = differences[~np.isnan(differences)]
-    if differences.size == 0:
+    n = differences.size
+    if n == 0:
         return float("nan")
-    observed = abs(differences.mean())
+    observed = abs(differences.mean()) - 1e-12 * (np.abs(differences).max() + 1e-300)
+    if n <= 16:
+        patterns = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+        flipped = np.abs((patterns * differences).mean(axis=1))
+        return float((flipped >= observed).mean())
     rng = np.random.default_rng(seed)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_permutations, differences.size))
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_permutations, n))
     flipped = np.abs((signs * differences).mean(axis=1))
-    return float((1 + (flipped >= observed - 1e-15).sum()) / (1 + n_permutations))
+    return float((1 + (flipped >= observed).sum()) / (1 + n_permutations))
