@@ -21,10 +21,10 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+from _memory import PeakMemory
 
 
 def _model(args, n_layers: int):
@@ -40,33 +40,6 @@ def _model(args, n_layers: int):
     config.vocab_size = args.d_vocab
     config.intermediate_size = args.d_mlp
     return build_model_from_config(config, dtype=dtype, device=args.device)
-
-
-class _RssSampler:
-    """Peak resident memory of this process while a block runs (CPU), sampled every 2 ms."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._process = psutil.Process()
-        self.start = self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        self.start = self.peak = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
 
 
 def _sync(device: str) -> None:
@@ -91,32 +64,36 @@ def measure(args) -> dict:
         args.layers * tokens.numel(), int(model.cfg.d_model), dtype=weight.dtype, device=args.device
     )
 
+    from hooklab.metrics import Workspace
+
+    # "a_warm": the workspace made once, as run_readout does across batches
+    workspace = Workspace.plan(d_vocab, args.layers, args.device, max_rows=tokens.numel())
+
     def contender():
         if args.measure == "a":
             return read_lens(model, tokens)
+        if args.measure == "a_warm":
+            return read_lens(model, tokens, workspace=workspace)
         if args.measure == "forward":
             return residual_stream(model, tokens)
         if args.measure == "b":
             return logit_lens(model, tokens, positions=None, return_type="log_probs")
         return rows @ weight.T
 
-    cuda = args.device.startswith("cuda")
     with torch.no_grad():
         _sync(args.device)
-        if cuda:
+        if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            baseline = torch.cuda.memory_allocated()
         times, peaks = [], []
         for _ in range(args.repeats):
-            with _RssSampler() as rss:
+            with PeakMemory(args.device) as peak:
                 start = time.perf_counter()
                 result = contender()
                 _sync(args.device)
                 times.append(time.perf_counter() - start)
                 del result
-            peaks.append(rss.peak - rss.start)
-        peak = torch.cuda.max_memory_allocated() - baseline if cuda else max(peaks)
+            peaks.append(peak.extra_bytes)
+        peak = max(peaks)
     return {
         "measure": args.measure,
         "layers": args.layers,
@@ -180,25 +157,27 @@ def main() -> None:
         f"lens readout benchmark: {shape}, {args.tokens} tokens, {args.dtype} on {args.device},"
         f" torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    header = (
-        f"{'layers':>6} {'a: hooklab s':>13} {'(fwd s)':>8} {'b: TL s':>9} {'c: matmul s':>12}"
-        f" {'a/c':>6} {'(a-fwd)/c':>10} {'a/b':>6} {'a mem MB':>9} {'b mem MB':>9}"
-        f" {'c mem MB':>9}"
+    print(
+        f"{'layers':>6} {'a s':>8} {'a warm s':>9} {'fwd s':>7} {'b: TL s':>8} {'c s':>8} "
+        f"{'a/c':>5} {'warm/c':>7} {'a/b':>5} {'a MB':>6} {'warm MB':>8} {'b MB':>6} {'c MB':>6}"
     )
-    print(header)
     for layers in [int(x) for x in args.layer_counts.split(",")]:
         a = _run_child(args, "a", layers)
+        warm = _run_child(args, "a_warm", layers)
         fwd = _run_child(args, "forward", layers)
         c = _run_child(args, "c", layers)
         b = None if args.skip_b else _run_child(args, "b", layers)
-        mb = lambda r: "-" if r is None else f"{r['peak_extra_bytes'] / 2**20:.0f}"  # noqa: E731
-        b_s = "-" if b is None else f"{b['seconds']:.3f}"
+
+        def mb(result):
+            return "-" if result is None else f"{result['peak_extra_bytes'] / 2**20:.0f}"
+
+        b_s = "-" if b is None else f"{b['seconds']:.2f}"
         a_b = "-" if b is None else f"{a['seconds'] / b['seconds']:.2f}"
         print(
-            f"{layers:>6} {a['seconds']:>13.3f} {fwd['seconds']:>8.3f} {b_s:>9} "
-            f"{c['seconds']:>12.3f} {a['seconds'] / c['seconds']:>6.2f} "
-            f"{(a['seconds'] - fwd['seconds']) / c['seconds']:>10.2f} {a_b:>6} {mb(a):>9} "
-            f"{mb(b):>9} {mb(c):>9}",
+            f"{layers:>6} {a['seconds']:>8.2f} {warm['seconds']:>9.2f} {fwd['seconds']:>7.2f} "
+            f"{b_s:>8} {c['seconds']:>8.2f} {a['seconds'] / c['seconds']:>5.2f} "
+            f"{warm['seconds'] / c['seconds']:>7.2f} {a_b:>5} {mb(a):>6} {mb(warm):>8} "
+            f"{mb(b):>6} {mb(c):>6}",
             flush=True,
         )
 

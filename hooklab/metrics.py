@@ -20,6 +20,8 @@ __all__ = [
     "FinalDistribution",
     "final_distribution",
     "chunk_metrics",
+    "layer_metrics",
+    "teacher_distribution",
     "commitment_layer",
     "late_layers",
 ]
@@ -41,26 +43,43 @@ class Workspace:
     """Reusable float32 buffers for up to ``rows`` positions of a ``d_vocab`` vocabulary.
 
     ``logits`` holds ``layer_group`` layers' logits of the same positions ([layer_group * rows,
-    d_vocab]), so that several layers are unembedded in one larger, faster matmul; the other
-    buffers hold one layer.
+    d_vocab]), so that several layers are unembedded in one larger, faster matmul. There is one
+    slot of final-distribution buffers per ``n_finals`` (a graft sweep compares the layers it
+    shares with the ungrafted host against every window's final distribution), and one
+    optional teacher buffer.
     """
 
     def __init__(
-        self, rows: int, d_vocab: int, device: torch.device | str = "cpu", layer_group: int = 1
+        self,
+        rows: int,
+        d_vocab: int,
+        device: torch.device | str = "cpu",
+        layer_group: int = 1,
+        n_finals: int = 1,
     ):
-        shape = (rows, d_vocab)
+        def buffer(rows_: int = rows) -> torch.Tensor:
+            return torch.empty((rows_, d_vocab), dtype=torch.float32, device=device)
+
         self.rows = rows
         self.d_vocab = d_vocab
         self.layer_group = layer_group
-        self.logits = torch.empty((layer_group * rows, d_vocab), dtype=torch.float32, device=device)
-        self.probs = torch.empty(shape, dtype=torch.float32, device=device)
-        self.scratch = torch.empty(shape, dtype=torch.float32, device=device)
-        self.final_logprobs = torch.empty(shape, dtype=torch.float32, device=device)
-        self.final_probs = torch.empty(shape, dtype=torch.float32, device=device)
+        self.n_finals = n_finals
+        self.logits = buffer(layer_group * rows)
+        self.probs = buffer()
+        self.scratch = buffer()
+        self.finals = [(buffer(), buffer()) for _ in range(n_finals)]
+        self._difference: torch.Tensor | None = None
+        self._teacher: torch.Tensor | None = None
+
+    def difference_buffer(self, n: int) -> torch.Tensor:
+        """[n, d_vocab] buffer for log-probability differences against several finals."""
+        if self._difference is None:
+            self._difference = torch.empty_like(self.probs)
+        return self._difference[:n]
 
     def teacher_buffer(self, n: int) -> torch.Tensor:
         """[n, d_vocab] buffer for a teacher's final log-probabilities (made on first use)."""
-        if getattr(self, "_teacher", None) is None:
+        if self._teacher is None:
             self._teacher = torch.empty_like(self.probs)
         return self._teacher[:n]
 
@@ -78,23 +97,25 @@ class Workspace:
         budget_bytes: int = 1 << 30,
         rows: int | None = None,
         max_rows: int | None = None,
+        n_finals: int = 1,
     ) -> Workspace:
         """A workspace of about ``budget_bytes``: up to 8 layers per matmul, rows to fit.
 
-        Its size depends on the vocabulary and the budget, never on the number of layers
-        beyond the group of 8.
+        Its size depends on the vocabulary, the budget and ``n_finals``, never on the number of
+        layers beyond the group of 8.
         """
         group = max(1, min(n_layers, 8))
         if rows is None:
-            rows = max(1, budget_bytes // (4 * d_vocab * (group + 4)))
+            buffers = group + 5 + 2 * n_finals
+            rows = max(1, budget_bytes // (4 * d_vocab * buffers))
         if max_rows is not None:
             rows = max(1, min(rows, max_rows))
-        return cls(rows, d_vocab, device, layer_group=group)
+        return cls(rows, d_vocab, device, layer_group=group, n_finals=n_finals)
 
 
 @dataclass(frozen=True)
 class FinalDistribution:
-    """The model's final distribution at a chunk of positions, kept for every layer's metrics.
+    """A final distribution at a chunk of positions, kept for every layer's metrics.
 
     Attributes:
         logprobs: [n, d_vocab] float32 log-probabilities.
@@ -138,22 +159,15 @@ def _log_softmax_(z: torch.Tensor, probs: torch.Tensor, top: torch.Tensor) -> No
     probs.div_(total)
 
 
-def _rows(n: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(n, device=device)
-
-
 def final_distribution(
-    logits: Float[torch.Tensor, "n d_vocab"], workspace: Workspace | None = None
+    logits: Float[torch.Tensor, "n d_vocab"], workspace: Workspace | None = None, slot: int = 0
 ) -> FinalDistribution:
-    """Log-probabilities and the top-1 of the final distribution (kept in ``workspace``).
-
-    ``logits`` may already be ``workspace.final_logprobs[:n]`` (then no copy is made).
-    """
+    """Log-probabilities and the top-1 of a final distribution, kept in ``workspace`` slot
+    ``slot``. ``logits`` is copied, not changed."""
     workspace = workspace or Workspace.like(logits)
     n = logits.shape[0]
-    logprobs, probs = workspace.final_logprobs[:n], workspace.final_probs[:n]
-    if logits.data_ptr() != logprobs.data_ptr():
-        logprobs.copy_(logits)
+    logprobs, probs = (buffer[:n] for buffer in workspace.finals[slot])
+    logprobs.copy_(logits)
     top, top1 = logprobs.max(dim=-1)
     _log_softmax_(logprobs, probs, top.unsqueeze(1))
     return FinalDistribution(logprobs=logprobs, probs=probs, top1=top1)
@@ -171,20 +185,22 @@ def teacher_distribution(
     return logprobs
 
 
-def chunk_metrics(
+def layer_metrics(
     logits: Float[torch.Tensor, "n d_vocab"],
-    final: FinalDistribution,
+    finals: list[FinalDistribution],
     targets: Int[torch.Tensor, " n"] | None = None,
     workspace: Workspace | None = None,
     *,
     teacher_logprobs: Float[torch.Tensor, "n d_vocab"] | None = None,
-) -> dict[str, torch.Tensor]:
-    """All metrics of one layer at a chunk of positions.
+) -> list[dict[str, torch.Tensor]]:
+    """All metrics of one layer at a chunk of positions, against each of ``finals``.
 
-    ``logits`` may be ``workspace.logits[:n]`` (then it is overwritten with log-probabilities);
-    otherwise it is copied there first. Returns [n] tensors keyed by :data:`METRIC_NAMES`
-    (the target metrics only when ``targets`` is given; ``kl_to_teacher``, KL(p_layer ‖
-    p_teacher), only with ``teacher_logprobs``).
+    The layer-only reductions (softmax, entropy, target, teacher) are done once; only the
+    comparisons with a final distribution are repeated per final. ``logits`` may be a slice of
+    ``workspace.logits`` (then it is overwritten with log-probabilities); otherwise it is copied
+    there first. Returns, per final, [n] tensors keyed by :data:`METRIC_NAMES` (the target
+    metrics only with ``targets``; ``kl_to_teacher``, KL(p_layer ‖ p_teacher), only with
+    ``teacher_logprobs``).
     """
     n = logits.shape[0]
     workspace = workspace or Workspace.like(logits)
@@ -193,28 +209,50 @@ def chunk_metrics(
         z = workspace.logits[:n]
         z.copy_(logits)
     probs, scratch = workspace.probs[:n], workspace.scratch[:n]
-    rows = _rows(n, z.device)
-    out: dict[str, torch.Tensor] = {}
+    rows = torch.arange(n, device=z.device)
+    shared: dict[str, torch.Tensor] = {}
+    outs: list[dict[str, torch.Tensor]] = [{} for _ in finals]
     # Ranks on the raw logits, before any arithmetic could merge near-ties.
-    out["final_top1_rank"] = _count_greater(z, z[rows, final.top1], scratch)
+    for out, final in zip(outs, finals, strict=True):
+        out["final_top1_rank"] = _count_greater(z, z[rows, final.top1], scratch)
     if targets is not None:
-        out["target_rank"] = _count_greater(z, z[rows, targets], scratch)
+        shared["target_rank"] = _count_greater(z, z[rows, targets], scratch)
     top, top1 = z.max(dim=-1)
-    out["top1_agree"] = top1 == final.top1
     _log_softmax_(z, probs, top.unsqueeze(1))  # z is now log p
-    out["entropy"] = -_dot(probs, z, scratch)
-    out["final_top1_prob"] = probs[rows, final.top1]
+    shared["entropy"] = -_dot(probs, z, scratch)
     if targets is not None:
-        out["target_logprob"] = z[rows, targets]
+        shared["target_logprob"] = z[rows, targets]
     if teacher_logprobs is not None:
         torch.sub(z, teacher_logprobs, out=scratch)
-        out["kl_to_teacher"] = scratch.mul_(probs).sum(dim=-1).clamp_min_(0.0)
-    # Both KLs from one difference of log-probabilities: summing p * (log p - log q) term by
-    # term avoids the cancellation of two entropy-sized sums.
-    difference = z.sub_(final.logprobs)  # in place: out=z would copy through a temporary
-    out["kl_final_to_layer"] = (-_dot(final.probs, difference, scratch)).clamp_min_(0.0)
-    out["kl_to_final"] = _dot(probs, difference, scratch).clamp_min_(0.0)
-    return out
+        shared["kl_to_teacher"] = scratch.mul_(probs).sum(dim=-1).clamp_min_(0.0)
+    for index, (out, final) in enumerate(zip(outs, finals, strict=True)):
+        out.update(shared)
+        out["top1_agree"] = top1 == final.top1
+        out["final_top1_prob"] = probs[rows, final.top1]
+        # Both KLs from one difference of log-probabilities: summing p * (log p - log q) term
+        # by term avoids the cancellation of two entropy-sized sums. With one final (or the
+        # last one) the difference is taken in place.
+        last = index == len(finals) - 1
+        difference = (
+            z.sub_(final.logprobs)
+            if last
+            else torch.sub(z, final.logprobs, out=workspace.difference_buffer(n))
+        )
+        out["kl_final_to_layer"] = (-_dot(final.probs, difference, scratch)).clamp_min_(0.0)
+        out["kl_to_final"] = _dot(probs, difference, scratch).clamp_min_(0.0)
+    return outs
+
+
+def chunk_metrics(
+    logits: Float[torch.Tensor, "n d_vocab"],
+    final: FinalDistribution,
+    targets: Int[torch.Tensor, " n"] | None = None,
+    workspace: Workspace | None = None,
+    *,
+    teacher_logprobs: Float[torch.Tensor, "n d_vocab"] | None = None,
+) -> dict[str, torch.Tensor]:
+    """All metrics of one layer at a chunk of positions against one final distribution."""
+    return layer_metrics(logits, [final], targets, workspace, teacher_logprobs=teacher_logprobs)[0]
 
 
 def commitment_layer(

@@ -20,9 +20,15 @@ from jaxtyping import Bool, Float, Int
 from hooklab.architectures import read_logits
 from hooklab.forward import HookFn, residual_stream
 from hooklab.lens.base import Lens, LogitLens
-from hooklab.metrics import Workspace, chunk_metrics, final_distribution, teacher_distribution
+from hooklab.metrics import (
+    FinalDistribution,
+    Workspace,
+    final_distribution,
+    layer_metrics,
+    teacher_distribution,
+)
 
-__all__ = ["LensReadout", "read_lens", "read_residuals"]
+__all__ = ["LensReadout", "read_lens", "read_residuals", "read_variants"]
 
 _FLOAT_METRICS = (
     "kl_to_teacher",
@@ -116,19 +122,53 @@ def read_residuals(
             KL(p_layer ‖ p_teacher_final) at every layer, the teacher's final distribution
             being read from its last ``hook_resid_post`` on the same tokens.
     """
+    return read_variants(
+        model,
+        resid_post,
+        [],
+        read,
+        lens,
+        targets=targets,
+        teacher=teacher,
+        chunk_rows=chunk_rows,
+        workspace=workspace,
+    )[0]
+
+
+def read_variants(
+    model: Any,
+    resid_post: Float[torch.Tensor, "layer batch pos d_model"],
+    variants: Sequence[tuple[int, Float[torch.Tensor, "layer batch pos d_model"]]],
+    read: Bool[torch.Tensor, "batch pos"],
+    lens: Lens | None = None,
+    *,
+    targets: Int[torch.Tensor, "batch pos"] | None = None,
+    teacher: tuple[Any, Float[torch.Tensor, "batch pos d_model"]] | None = None,
+    chunk_rows: int | None = None,
+    workspace: Workspace | None = None,
+) -> list[LensReadout]:
+    """Lens metrics of a residual stream and of variants of it that share its early layers.
+
+    Each variant ``(start, variant_resid_post)`` equals ``resid_post`` below layer ``start``
+    (a graft whose window starts there). Those shared layers are decoded once and compared with
+    every variant's own final distribution, so a sweep of windows costs
+    ``n_layers + sum(n_layers - start)`` unembeddings per position instead of
+    ``(1 + n_variants) * n_layers``. Returns the base readout, then one per variant, each equal
+    to what :func:`read_residuals` gives for that stream alone.
+    """
     lens = lens or LogitLens()
     n_layers = int(model.cfg.n_layers)
     device = resid_post.device
     read = read.to(device)
-    rows = resid_post[:, read]  # [layer, n, d_model]
+    streams = [resid_post[:, read]] + [v[:, read] for _, v in variants]  # [layer, n, d_model]
+    starts = [n_layers] + [int(start) for start, _ in variants]
+    n_sources = len(streams)
+    n_rows = streams[0].shape[1]
+    row_targets = None if targets is None else targets.to(device)[read]
     teacher_rows = None
     if teacher is not None:
         teacher_model, teacher_resid = teacher
         teacher_rows = teacher_resid.to(device)[read]
-    n_rows = rows.shape[1]
-    row_targets = None
-    if targets is not None:
-        row_targets = targets.to(device)[read]
     d_vocab = int(model.cfg.d_vocab)
     names = [
         "kl_to_final",
@@ -142,23 +182,31 @@ def read_residuals(
         names += ["target_logprob", "target_rank"]
     if teacher_rows is not None:
         names += ["kl_to_teacher"]
-    flat = {name: [] for name in names}
-    top1_chunks = []
     if (
         workspace is None
         or workspace.d_vocab != d_vocab
+        or workspace.n_finals < n_sources
         or (chunk_rows is not None and workspace.rows < min(chunk_rows, n_rows))
     ):
         workspace = Workspace.plan(
-            d_vocab, n_layers, device, rows=chunk_rows, max_rows=max(n_rows, 1)
+            d_vocab, n_layers, device, rows=chunk_rows, max_rows=max(n_rows, 1), n_finals=n_sources
         )
     chunk = min(chunk_rows or workspace.rows, workspace.rows)
-    # Layers go through the unembedding in groups of `group`, the last layer in the first
-    # group: its logits are the final distribution, needed by every other layer's metrics.
-    # They are computed once (n_layers matmul rows per position, not n_layers + 1).
+    # Unembedding jobs per chunk: (source, layer) pairs whose residual is distinct. A layer
+    # below a variant's start is read once, from the base stream, for the base and for every
+    # such variant. The last layers go first (their logits are the final distributions).
+    jobs = [(source, n_layers - 1) for source in range(n_sources)]
+    jobs += [(0, layer) for layer in range(n_layers - 1)]
+    jobs += [
+        (source, layer)
+        for source in range(1, n_sources)
+        for layer in range(starts[source], n_layers - 1)
+    ]
     group = workspace.layer_group
-    order = [n_layers - 1, *range(n_layers - 1)]
-    groups = [order[i : i + group] for i in range(0, n_layers, group)]
+    flat: list[dict[str, list[torch.Tensor]]] = [
+        {name: [] for name in names} for _ in range(n_sources)
+    ]
+    top1_chunks: list[list[torch.Tensor]] = [[] for _ in range(n_sources)]
     with torch.no_grad():
         for start in range(0, n_rows, chunk):
             stop = min(start + chunk, n_rows)
@@ -168,8 +216,6 @@ def read_residuals(
                 tgt = row_targets[start:stop]
                 has_target = tgt >= 0
                 tgt = tgt.clamp_min(0)
-            per_layer: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
-            final = None
             teacher_logprobs = None
             if teacher_rows is not None:
                 teacher_logprobs = teacher_distribution(
@@ -178,37 +224,67 @@ def read_residuals(
                     ),
                     workspace,
                 )
-            for layers in groups:
+            values: list[list[dict[str, torch.Tensor]]] = [
+                [{} for _ in range(n_layers)] for _ in range(n_sources)
+            ]
+            finals: list[FinalDistribution] = []
+            for first in range(0, len(jobs), group):
+                batch = jobs[first : first + group]
                 stacked = torch.cat(
                     [
-                        rows[layer, start:stop]
+                        streams[source][layer, start:stop]
                         if layer == n_layers - 1
-                        else lens.translate(layer, rows[layer, start:stop])
-                        for layer in layers
+                        else lens.translate(layer, streams[source][layer, start:stop])
+                        for source, layer in batch
                     ]
                 )
-                logits = read_logits(model, stacked, out=workspace.logits[: len(layers) * n])
-                if final is None:
-                    final = final_distribution(logits[:n], workspace)
-                    top1_chunks.append(final.top1)
-                for j, layer in enumerate(layers):
-                    values = chunk_metrics(
-                        logits[j * n : (j + 1) * n],
-                        final,
+                logits = read_logits(model, stacked, out=workspace.logits[: len(batch) * n])
+                for j, (source, layer) in enumerate(batch):
+                    block = logits[j * n : (j + 1) * n]
+                    if layer == n_layers - 1:
+                        finals.append(final_distribution(block, workspace, slot=source))
+                        top1_chunks[source].append(finals[source].top1)
+                        readers = [source]
+                    elif source == 0:
+                        readers = [0] + [v for v in range(1, n_sources) if starts[v] > layer]
+                    else:
+                        readers = [source]
+                    results = layer_metrics(
+                        block,
+                        [finals[r] for r in readers],
                         tgt,
                         workspace,
                         teacher_logprobs=teacher_logprobs,
                     )
-                    if tgt is not None:
-                        values["target_logprob"] = values["target_logprob"].masked_fill(
-                            ~has_target, torch.nan
-                        )
-                        values["target_rank"] = values["target_rank"].masked_fill(~has_target, -1)
-                    per_layer[layer] = values
-            for name in names:
-                flat[name].append(torch.stack([v[name] for v in per_layer], dim=-1).cpu())
+                    for reader, result in zip(readers, results, strict=True):
+                        if tgt is not None:
+                            result["target_logprob"] = result["target_logprob"].masked_fill(
+                                ~has_target, torch.nan
+                            )
+                            result["target_rank"] = result["target_rank"].masked_fill(
+                                ~has_target, -1
+                            )
+                        values[reader][layer] = result
+            for source in range(n_sources):
+                for name in names:
+                    flat[source][name].append(
+                        torch.stack([v[name] for v in values[source]], dim=-1).cpu()
+                    )
     read_cpu = read.cpu()
-    batch, pos = read_cpu.shape
+    return [
+        _assemble(flat[source], top1_chunks[source], read_cpu, names, n_layers)
+        for source in range(n_sources)
+    ]
+
+
+def _assemble(
+    flat: dict[str, list[torch.Tensor]],
+    top1_chunks: list[torch.Tensor],
+    read: torch.Tensor,
+    names: list[str],
+    n_layers: int,
+) -> LensReadout:
+    batch, pos = read.shape
     metrics = {}
     for name in names:
         values = torch.cat(flat[name]) if flat[name] else torch.empty(0, n_layers)
@@ -218,9 +294,9 @@ def read_residuals(
             full = torch.zeros((batch, pos, n_layers), dtype=torch.bool)
         else:
             full = torch.full((batch, pos, n_layers), -1, dtype=torch.int64)
-        full[read_cpu] = values.to(full.dtype)
+        full[read] = values.to(full.dtype)
         metrics[name] = full
     final_top1 = torch.full((batch, pos), -1, dtype=torch.int64)
     if top1_chunks:
-        final_top1[read_cpu] = torch.cat(top1_chunks).cpu()
-    return LensReadout(metrics=metrics, read=read_cpu, final_top1=final_top1, n_layers=n_layers)
+        final_top1[read] = torch.cat(top1_chunks).cpu()
+    return LensReadout(metrics=metrics, read=read, final_top1=final_top1, n_layers=n_layers)

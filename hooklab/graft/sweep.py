@@ -25,9 +25,13 @@ from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.lens import Lens
 from hooklab.metrics import Workspace
-from hooklab.stream import LensReadout, read_residuals
+from hooklab.stream import LensReadout, read_variants
 
 __all__ = ["GraftConfig", "run_graft", "GRAFT_METRICS"]
+
+#: Grafted streams read together with the ungrafted one (bounds memory: each is a full
+#: [layer, batch, pos, d_model] residual stream).
+_VARIANTS_PER_READ = 8
 
 GRAFT_METRICS = (
     "kl_to_final",
@@ -143,21 +147,24 @@ class _Batch:
         self,
         pair: Any,
         side: str,
-        stream: ResidualStream,
+        streams: Sequence[ResidualStream],
         lenses: dict[str, Lens],
         workspace: Workspace,
-    ) -> dict[str, np.ndarray]:
-        """Per-prompt lens metrics of ``side``'s stream, with IT's final as the teacher."""
-        readout = read_residuals(
+        starts: Sequence[int] = (),
+    ) -> list[dict[str, np.ndarray]]:
+        """Per-prompt lens metrics of ``streams[0]`` and of variants of it starting at
+        ``starts`` (sharing its earlier layers), with IT's final as the teacher."""
+        readouts = read_variants(
             pair.models()[side],
-            stream.resid_post,
+            streams[0].resid_post,
+            [(s, stream.resid_post) for s, stream in zip(starts, streams[1:], strict=True)],
             self.read,
             lenses[side],
             targets=self.targets,
             teacher=(pair.it, self.streams["it"].resid_post[-1]),
             workspace=workspace,
         )
-        return _per_prompt(readout)
+        return [_per_prompt(readout) for readout in readouts]
 
     def grafted(
         self, pair: Any, host: str, donor: str, window: Window, mode: str, seed: int, reuse: bool
@@ -209,59 +216,73 @@ def run_graft(
     windows = parse_windows(config.windows, pair.n_layers)
     directions = [(d, *DIRECTIONS[d]) for d in config.directions]
     sides = {s for _, host, donor in directions for s in (host, donor)}
+    conditions = [(m, w) for m in config.modes for w in windows]
+    per_read = min(_VARIANTS_PER_READ, len(conditions))
     workspace = Workspace.plan(
         pair.d_vocab,
         pair.n_layers,
         pair.pt.unembed.original_component.weight.device,
         max_rows=config.batch_size * max(len(h.tokens) for h in histories),
+        n_finals=1 + (per_read if reuse else 0),
     )
     n_batches = -(-len(histories) // config.batch_size)
-    conditions = [(d, h, o, m, w) for d, h, o in directions for m in config.modes for w in windows]
     rows: list[pd.DataFrame] = []
     bar = tqdm(
-        total=n_batches * (len(conditions) + len(directions)),
+        total=n_batches * len(directions) * (1 + len(conditions)),
         desc="graft sweep",
         disable=not progress,
         unit="pass",
     )
     for start in range(0, len(histories), config.batch_size):
-        batch_histories = histories[start : start + config.batch_size]
-        batch = _Batch(pair, batch_histories, sides, reuse)
-
-        baselines: dict[str, dict[str, np.ndarray]] = {}
+        batch = _Batch(pair, histories[start : start + config.batch_size], sides, reuse)
         for direction, host, donor in directions:
-            if host not in baselines:
-                baselines[host] = batch.metrics(pair, host, batch.streams[host], lenses, workspace)
-            rows.append(
-                _frame(
-                    batch.keys,
-                    direction,
-                    host,
-                    donor,
-                    "none",
-                    None,
-                    baselines[host],
-                    baselines[host],
-                    pair.n_layers,
+
+            def frame(
+                mode,
+                window,
+                values,
+                baseline,
+                keys=batch.keys,
+                direction=direction,
+                host=host,
+                donor=donor,
+            ):
+                return _frame(
+                    keys, direction, host, donor, mode, window, values, baseline, pair.n_layers
                 )
-            )
-            bar.update()
-        for direction, host, donor, mode, window in conditions:
-            stream = batch.grafted(pair, host, donor, window, mode, config.seed, reuse)
-            rows.append(
-                _frame(
-                    batch.keys,
-                    direction,
+
+            if not reuse:  # the naive way: every window read on its own
+                baseline = batch.metrics(pair, host, [batch.streams[host]], lenses, workspace)[0]
+                rows.append(frame("none", None, baseline, baseline))
+                bar.update()
+                for mode, window in conditions:
+                    stream = batch.grafted(pair, host, donor, window, mode, config.seed, False)
+                    values = batch.metrics(pair, host, [stream], lenses, workspace)[0]
+                    rows.append(frame(mode, window, values, baseline))
+                    bar.update()
+                continue
+            baseline = None
+            for first in range(0, len(conditions), per_read):
+                group = conditions[first : first + per_read]
+                streams = [
+                    batch.grafted(pair, host, donor, window, mode, config.seed, True)
+                    for mode, window in group
+                ]
+                values = batch.metrics(
+                    pair,
                     host,
-                    donor,
-                    mode,
-                    window,
-                    batch.metrics(pair, host, stream, lenses, workspace),
-                    baselines[host],
-                    pair.n_layers,
+                    [batch.streams[host], *streams],
+                    lenses,
+                    workspace,
+                    starts=[w.start for _, w in group],
                 )
-            )
-            bar.update()
+                if baseline is None:
+                    baseline = values[0]
+                    rows.append(frame("none", None, baseline, baseline))
+                    bar.update()
+                for (mode, window), grafted in zip(group, values[1:], strict=True):
+                    rows.append(frame(mode, window, grafted, baseline))
+                    bar.update()
     bar.close()
     frame = pd.concat(rows, ignore_index=True)
     frame.insert(1, "category", [(categories or {}).get(p, "") for p in frame["prompt_id"]])
