@@ -231,6 +231,12 @@ def graft(
     mode: Annotated[
         str, typer.Option(help="module, splice, random; comma-separated.")
     ] = "module,random",
+    part: Annotated[
+        str, typer.Option(help="MoE models: mlp, moe, shared, routed; comma-separated.")
+    ] = "mlp",
+    router: Annotated[
+        str, typer.Option(help="Routed-expert grafts: whose router picks (host, donor).")
+    ] = "host",
     lens: Annotated[str, typer.Option(help="'logit' or 'tuned:DIR' (DIR/pt, DIR/it).")] = "logit",
     histories: Annotated[
         Path | None, typer.Option(help="Reuse the histories folder of an earlier run.")
@@ -262,6 +268,8 @@ def graft(
         windows=windows,
         lens=lens,
         modes=tuple(m.strip() for m in mode.split(",") if m.strip()),
+        parts=tuple(p.strip() for p in part.split(",") if p.strip()),
+        router=router,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         seed=seed,
@@ -298,7 +306,7 @@ def graft(
     typer.echo("late-region change of kl_to_final (grafted - host), mean [95% CI], p:")
     for row in effects.itertuples():
         typer.echo(
-            f"  {row.direction:<9} {row.mode:<7} {row.window:<8} {row.mean:+.4f} "
+            f"  {row.direction:<9} {row.mode:<7} {row.part:<6} {row.window:<8} {row.mean:+.4f} "
             f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]  p={row.p_sign_flip:.3g}  "
             f"({row.n_prompts} prompts, {row.n_tokens} tokens)"
         )

@@ -6,7 +6,17 @@ instead of formatting strings itself, so a rename upstream is a one-line change 
 
 from __future__ import annotations
 
-__all__ = ["resid_pre", "resid_mid", "resid_post", "mlp_out", "attn_out", "embed", "layer_of"]
+__all__ = [
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "mlp_out",
+    "attn_out",
+    "attn_z",
+    "attn_pattern",
+    "embed",
+    "layer_of",
+]
 
 embed = "hook_embed"
 
@@ -34,6 +44,16 @@ def mlp_out(layer: int) -> str:
 def attn_out(layer: int) -> str:
     """What the attention path of block ``layer`` adds to the residual."""
     return f"blocks.{layer}.hook_attn_out"
+
+
+def attn_z(layer: int) -> str:
+    """Input of block ``layer``'s attention output projection: flat [batch, pos, heads * d_v]."""
+    return f"blocks.{layer}.attn.o.hook_in"
+
+
+def attn_pattern(layer: int) -> str:
+    """Attention weights of block ``layer``: [batch, head, query_pos, key_pos]."""
+    return f"blocks.{layer}.attn.hook_pattern"
 
 
 def layer_of(hook_name: str) -> int:

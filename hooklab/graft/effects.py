@@ -34,12 +34,12 @@ def graft_effects(
         table["layer"].isin(late_layers(n_layers, late_fraction)) & (table["mode"] != "none")
     ]
     per_prompt = (
-        late.groupby(["direction", "mode", "window", "prompt_id"], observed=True)
+        late.groupby(["direction", "mode", "part", "window", "prompt_id"], observed=True)
         .agg(value=(column, "mean"), n_tokens=("n_tokens", "first"))
         .reset_index()
     )
     rows = []
-    keys = ["direction", "mode", "window"]
+    keys = ["direction", "mode", "part", "window"]
     for key, group in per_prompt.groupby(keys, observed=True, sort=True):
         values = group["value"].to_numpy()
         percentile = bootstrap_mean_ci(values, level=level, seed=seed)
@@ -69,11 +69,13 @@ def layer_effects(
     """Per (direction, mode, window, layer): mean ``delta_<metric>`` with its standard error."""
     column = f"delta_{metric}"
     grafted = table[table["mode"] != "none"]
-    grouped = grafted.groupby(["direction", "mode", "window", "layer"], observed=True)[column]
+    grouped = grafted.groupby(["direction", "mode", "part", "window", "layer"], observed=True)[
+        column
+    ]
     out = grouped.agg(
         mean="mean",
         sem=lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
         n_prompts="size",
     ).reset_index()
-    out.insert(4, "metric", metric)
+    out.insert(5, "metric", metric)
     return out

@@ -22,6 +22,7 @@ from hooklab import hooks
 from hooklab.architectures import mlp_output
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn
+from hooklab.moe import moe_part_output
 
 __all__ = ["MODES", "DIRECTIONS", "graft_hooks", "row_seed", "mlp_out_hooks"]
 
@@ -64,6 +65,8 @@ def graft_hooks(
     donor_mlp_out: dict[int, torch.Tensor] | None = None,
     row_keys: Sequence[str] | None = None,
     seed: int = 0,
+    part: str = "mlp",
+    router: str = "host",
     record: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> list[HookFn]:
     """Hooks on ``host`` that graft ``donor``'s MLP computation into ``layers``.
@@ -78,6 +81,10 @@ def graft_hooks(
         row_keys: for ``random``, one key per batch row (e.g. the prompt id), so each row's
             noise depends on it and the seed only, not on batching.
         seed: seed of the random control.
+        part: what comes from the donor in MoE blocks (:data:`hooklab.moe.PARTS`): ``mlp``
+            (the whole MLP path, the default and the only choice for dense families),
+            ``moe``, ``shared`` or ``routed`` experts; dense layers always take the whole path.
+        router: for ``part="routed"``, whose router picks the experts: ``host`` or ``donor``.
         record: if given, filled per layer with ``host_out``, ``new_out`` and
             ``module_delta_norm`` (for checks).
     """
@@ -85,6 +92,11 @@ def graft_hooks(
         raise HooklabError(f"mode={mode!r}: use one of {', '.join(MODES)}.")
     if mode == "splice" and (donor_mlp_out is None or any(x not in donor_mlp_out for x in layers)):
         raise HooklabError("splice mode needs the donor's hook_mlp_out at every window layer.")
+    if mode == "splice" and part != "mlp":
+        raise HooklabError(
+            f"part={part!r} needs mode 'module' or 'random': splice copies the "
+            "donor's whole hook_mlp_out."
+        )
     if mode == "random" and row_keys is None:
         raise HooklabError("random mode needs row_keys (one key per batch row) for its seeds.")
     resid_mid: dict[int, torch.Tensor] = {}
@@ -99,7 +111,12 @@ def graft_hooks(
                 new = donor_mlp_out[layer].to(activation.dtype)  # type: ignore[index]
                 delta_norm = None
             else:
-                grafted = mlp_output(donor, layer, resid_mid.pop(layer))
+                mid = resid_mid.pop(layer)
+                grafted = (
+                    mlp_output(donor, layer, mid)
+                    if part == "mlp"
+                    else moe_part_output(host, donor, layer, mid, part, router=router)
+                )
                 if mode == "module":
                     new, delta_norm = grafted, None
                 else:

@@ -25,6 +25,7 @@ from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.lens import Lens
 from hooklab.metrics import Workspace
+from hooklab.moe import check_parts
 from hooklab.stream import LensReadout, read_variants
 
 __all__ = ["GraftConfig", "run_graft", "GRAFT_METRICS"]
@@ -54,6 +55,9 @@ class GraftConfig:
         directions: any of ``it-to-pt`` (graft), ``pt-to-it`` (swap), ``self-pt``, ``self-it``.
         windows: window spec (see :data:`hooklab.graft.windows.WINDOW_HELP`).
         modes: any of ``module``, ``splice``, ``random``.
+        parts: in MoE blocks, what comes from the donor: ``mlp`` (whole path), ``moe``,
+            ``shared`` or ``routed`` experts (module and random modes only).
+        router: for routed-expert grafts, whose router picks the experts (``host``, ``donor``).
         lens: ``"logit"`` or ``"tuned:DIR"``.
         max_new_tokens: length cap of IT's greedy responses (the shared histories).
         batch_size: histories per forward pass.
@@ -63,6 +67,8 @@ class GraftConfig:
     directions: tuple[str, ...] = ("it-to-pt",)
     windows: str = "late,mid,early"
     modes: tuple[str, ...] = ("module",)
+    parts: tuple[str, ...] = ("mlp",)
+    router: str = "host"
     lens: str = "logit"
     max_new_tokens: int = 32
     batch_size: int = 8
@@ -79,6 +85,14 @@ class GraftConfig:
         if bad or not self.modes:
             raise HooklabError(
                 f"mode={','.join(self.modes)}: accepted modes are {', '.join(MODES)}."
+            )
+        check_parts(list(self.parts))
+        if self.router not in ("host", "donor"):
+            raise HooklabError(f"router={self.router!r}: use 'host' or 'donor'.")
+        if "splice" in self.modes and any(p != "mlp" for p in self.parts):
+            raise HooklabError(
+                "expert-level parts need modes 'module' or 'random': splice "
+                "copies the donor's whole hook_mlp_out."
             )
         if self.batch_size < 1:
             raise HooklabError(f"batch_size={self.batch_size} must be at least 1.")
@@ -167,7 +181,15 @@ class _Batch:
         return [_per_prompt(readout) for readout in readouts]
 
     def grafted(
-        self, pair: Any, host: str, donor: str, window: Window, mode: str, seed: int, reuse: bool
+        self,
+        pair: Any,
+        host: str,
+        donor: str,
+        window: Window,
+        mode: str,
+        part: str,
+        config: GraftConfig,
+        reuse: bool,
     ) -> ResidualStream:
         models = pair.models()
         donor_out = self.mlp_out[donor]
@@ -186,7 +208,9 @@ class _Batch:
             mode,
             donor_mlp_out=donor_out,
             row_keys=self.keys,
-            seed=seed,
+            seed=config.seed,
+            part=part,
+            router=config.router,
         )
         if reuse:
             return resume_residual_stream(
@@ -216,7 +240,7 @@ def run_graft(
     windows = parse_windows(config.windows, pair.n_layers)
     directions = [(d, *DIRECTIONS[d]) for d in config.directions]
     sides = {s for _, host, donor in directions for s in (host, donor)}
-    conditions = [(m, w) for m in config.modes for w in windows]
+    conditions = [(m, p, w) for m in config.modes for p in config.parts for w in windows]
     per_read = min(_VARIANTS_PER_READ, len(conditions))
     workspace = Workspace.plan(
         pair.d_vocab,
@@ -242,31 +266,41 @@ def run_graft(
                 window,
                 values,
                 baseline,
+                part,
                 keys=batch.keys,
                 direction=direction,
                 host=host,
                 donor=donor,
             ):
                 return _frame(
-                    keys, direction, host, donor, mode, window, values, baseline, pair.n_layers
+                    keys,
+                    direction,
+                    host,
+                    donor,
+                    mode,
+                    part,
+                    window,
+                    values,
+                    baseline,
+                    pair.n_layers,
                 )
 
             if not reuse:  # the naive way: every window read on its own
                 baseline = batch.metrics(pair, host, [batch.streams[host]], lenses, workspace)[0]
-                rows.append(frame("none", None, baseline, baseline))
+                rows.append(frame("none", None, baseline, baseline, "none"))
                 bar.update()
-                for mode, window in conditions:
-                    stream = batch.grafted(pair, host, donor, window, mode, config.seed, False)
+                for mode, part, window in conditions:
+                    stream = batch.grafted(pair, host, donor, window, mode, part, config, False)
                     values = batch.metrics(pair, host, [stream], lenses, workspace)[0]
-                    rows.append(frame(mode, window, values, baseline))
+                    rows.append(frame(mode, window, values, baseline, part))
                     bar.update()
                 continue
             baseline = None
             for first in range(0, len(conditions), per_read):
                 group = conditions[first : first + per_read]
                 streams = [
-                    batch.grafted(pair, host, donor, window, mode, config.seed, True)
-                    for mode, window in group
+                    batch.grafted(pair, host, donor, window, mode, part, config, True)
+                    for mode, part, window in group
                 ]
                 values = batch.metrics(
                     pair,
@@ -274,25 +308,34 @@ def run_graft(
                     [batch.streams[host], *streams],
                     lenses,
                     workspace,
-                    starts=[w.start for _, w in group],
+                    starts=[w.start for _, _, w in group],
                 )
                 if baseline is None:
                     baseline = values[0]
-                    rows.append(frame("none", None, baseline, baseline))
+                    rows.append(frame("none", None, baseline, baseline, "none"))
                     bar.update()
-                for (mode, window), grafted in zip(group, values[1:], strict=True):
-                    rows.append(frame(mode, window, grafted, baseline))
+                for (mode, part, window), grafted in zip(group, values[1:], strict=True):
+                    rows.append(frame(mode, window, grafted, baseline, part))
                     bar.update()
     bar.close()
     frame = pd.concat(rows, ignore_index=True)
     frame.insert(1, "category", [(categories or {}).get(p, "") for p in frame["prompt_id"]])
-    for column in ("prompt_id", "category", "direction", "host", "donor", "mode", "window"):
+    for column in ("prompt_id", "category", "direction", "host", "donor", "mode", "part", "window"):
         frame[column] = frame[column].astype("category")
     return frame
 
 
 def _frame(
-    keys, direction, host, donor, mode, window: Window | None, values, baseline, n_layers: int
+    keys,
+    direction,
+    host,
+    donor,
+    mode,
+    part,
+    window: Window | None,
+    values,
+    baseline,
+    n_layers: int,
 ) -> pd.DataFrame:
     batch = len(keys)
     layer = np.tile(np.arange(n_layers), batch)
@@ -302,6 +345,7 @@ def _frame(
         "host": host,
         "donor": donor,
         "mode": mode,
+        "part": part,
         "window": "none" if window is None else window.name,
         "window_start": -1 if window is None else window.start,
         "window_end": -1 if window is None else window.end,
