@@ -41,6 +41,7 @@ __all__ = [
     "hf_text_config",
     "mlp_output",
     "mlp_path_parameter_names",
+    "model_device",
     "read_logits",
     "output_softcap",
     "moe_layout",
@@ -146,12 +147,17 @@ def mlp_output(
     """
     spec = spec_for_model(model)
     block = model.blocks[layer]
-    out = resid_mid
+    out = resid_mid.to(model_device(model))  # the donor may live on another device
     for name in spec.mlp_path:
         out = _original(getattr(block, name))(out)
         if isinstance(out, tuple):  # MoE blocks of some versions return (hidden, router_logits)
             out = out[0]
-    return out
+    return out.to(resid_mid.device)
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of a model's unembedding (where its readout runs)."""
+    return _original(model.unembed).weight.device
 
 
 def mlp_path_parameter_names(model: Any) -> list[str]:
@@ -199,7 +205,11 @@ def read_logits(
     or written into ``out`` (a preallocated [n, d_vocab] buffer for [n, d_model] rows, any
     float dtype), which streaming readouts reuse to avoid a fresh allocation per layer.
     """
-    normed = _original(model.ln_final)(resid)
+    device = model_device(model)
+    if out is not None and out.device != device:  # a model on another device (offloaded)
+        out.copy_(read_logits(model, resid))
+        return out
+    normed = _original(model.ln_final)(resid.to(device))
     unembed = _original(model.unembed)
     if out is None:
         return model.adapter.apply_output_logits_transform(unembed(normed))

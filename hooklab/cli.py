@@ -384,14 +384,19 @@ def families() -> None:
     from hooklab.architectures import _SPECS
     from hooklab.catalog import paper_pairs
 
+    typer.echo(f"{'family':<12} {'MLP path':<31} Hugging Face architectures")
     for spec in _SPECS:
         typer.echo(
-            f"{spec.family:<12} mlp path {' -> '.join(spec.mlp_path):<22} "
+            f"{spec.family:<12} {' -> '.join(spec.mlp_path):<31} "
             f"{', '.join(spec.hf_architectures)}"
         )
-    typer.echo("")
+    typer.echo(f"\n{'pair':<17} {'PT':<32} {'IT':<36} {'params':>7} {'pair bf16':>9}")
     for name, entry in paper_pairs().items():
-        typer.echo(f"{name:<17} {entry.pt:<32} {entry.it}")
+        billions = entry.n_params_language_model / 1e9
+        typer.echo(
+            f"{name:<17} {entry.pt:<32} {entry.it:<36} {billions:>6.2f}B "
+            f"{2 * 2 * billions:>7.1f} GB"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,6 +96,9 @@ def residual_stream(
             :func:`resume_residual_stream`.
     """
     n_layers = int(model.cfg.n_layers)
+    device = model.unembed.original_component.weight.device
+    tokens = tokens.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
     captured: list[torch.Tensor | None] = [None] * (n_layers + 1)
     handles = []
     inputs: list[tuple[tuple, dict, bool] | None] = [None] * n_layers

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from hooklab.architectures import mlp_output, moe_layout, spec_for_model
+from hooklab.architectures import mlp_output, model_device, moe_layout, spec_for_model
 from hooklab.errors import HooklabError
 
 __all__ = [
@@ -217,10 +217,13 @@ def moe_parts(
     """
     modules = _modules(model, layer)
     router = _modules(router_model, layer).router if router_model is not None else modules.router
+    device = model_device(model)
     flat = normed.reshape(-1, normed.shape[-1])
-    _, weights, experts = router(flat)
-    routed = modules.experts(flat, experts, weights).reshape(normed.shape)
-    return modules.shared(normed), routed
+    _, weights, experts = router(flat.to(model_device(router_model or model)))
+    flat = flat.to(device)
+    routed = modules.experts(flat, experts.to(device), weights.to(device)).reshape(normed.shape)
+    shared = modules.shared(normed.to(device))
+    return shared.to(normed.device), routed.to(normed.device)
 
 
 def moe_part_output(

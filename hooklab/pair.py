@@ -90,6 +90,10 @@ class ModelPair:
             "d_vocab": self.d_vocab,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device,
+            "devices": {
+                side: str(m.unembed.original_component.weight.device)
+                for side, m in self.models().items()
+            },
         }
 
     def __repr__(self) -> str:
@@ -117,6 +121,7 @@ def load_pair(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    offload: str | None = None,
 ) -> ModelPair:
     """Load a PT/IT pair, refusing it before any weights load if the two cannot be compared.
 
@@ -131,6 +136,9 @@ def load_pair(
         dtype: model dtype (``"float32"``, ``"bfloat16"``, ``"float16"``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; default: CUDA when available.
         trust_remote_code: run modelling code shipped with a checkpoint (off by default).
+        offload: ``"pt"`` or ``"it"`` keeps that side in CPU memory while the other uses
+            ``device`` (for a pair that does not fit one GPU twice, e.g. DeepSeek-V2-Lite on a
+            48 GB card); grafts and readouts move activations between the two as needed.
 
     Raises:
         CheckpointUnavailableError: a folder is missing, the hub is unreachable, a model is
@@ -159,6 +167,13 @@ def load_pair(
         )
     torch_dtype = parse_dtype(dtype)
     device_name = resolve_device(device)
+    if offload not in (None, "pt", "it"):
+        raise HooklabError(
+            f"offload={offload!r}: use 'pt' or 'it' (the side kept on the CPU), or leave it out."
+        )
+    devices = {"pt": device_name, "it": device_name}
+    if offload is not None:
+        devices[offload] = "cpu"
     pt_source = resolve_source(pt, pt_revision, argument="pt")
     it_source = resolve_source(it, it_revision, argument="it")
     pt_config = load_config(pt_source, trust_remote_code=trust_remote_code, argument="pt")
@@ -174,7 +189,7 @@ def load_pair(
             source,
             tokenizer=it_tokenizer,
             dtype=torch_dtype,
-            device=device_name,
+            device=devices[side],
             trust_remote_code=trust_remote_code,
             argument=side,
         )

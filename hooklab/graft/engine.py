@@ -108,7 +108,7 @@ def graft_hooks(
 
         def replace_mlp_out(activation: torch.Tensor, hook: Any, layer: int = layer):
             if mode == "splice":
-                new = donor_mlp_out[layer].to(activation.dtype)  # type: ignore[index]
+                new = donor_mlp_out[layer].to(activation.device, activation.dtype)  # type: ignore[index]
                 delta_norm = None
             else:
                 mid = resid_mid.pop(layer)
