@@ -202,3 +202,11 @@ def test_paper_pairs_are_all_known_families():
     pairs = hooklab.paper_pairs()
     assert len(pairs) == 6
     assert {p.family for p in pairs.values()} == set(hooklab.SUPPORTED_FAMILIES)
+
+
+def test_offload_keeps_one_side_on_the_cpu(tiny_pair):
+    tiny = tiny_pair("deepseek_v2")
+    pair = hooklab.load_pair(pt=tiny.pt, it=tiny.it, device="cpu", offload="pt")
+    assert pair.describe()["devices"] == {"pt": "cpu", "it": "cpu"}
+    with pytest.raises(HooklabError, match="offload='both': use 'pt' or 'it'"):
+        hooklab.load_pair(pt=tiny.pt, it=tiny.it, device="cpu", offload="both")
