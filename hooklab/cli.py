@@ -147,10 +147,59 @@ DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (defau
 TrustOption = Annotated[bool, typer.Option(help="Run modelling code shipped with a checkpoint.")]
 
 
+ShardOption = Annotated[
+    str | None, typer.Option(help="Run only shard i/n of the parts (e.g. 0/4).")
+]
+DryRunOption = Annotated[
+    bool, typer.Option(help="Print the plan (prompts, passes, output size) and stop.")
+]
+WriteSpecOption = Annotated[
+    Path | None, typer.Option(help="Write the run spec (TOML) this would run, and stop.")
+]
+PartSizeOption = Annotated[int, typer.Option(help="Prompts per stored part (the unit of resume).")]
+
+
+def _execute(spec, *, shard: str | None, dry_run: bool, write_spec: Path | None) -> Path | None:
+    from hooklab.runs import parse_shard, plan_run, run_spec
+
+    if write_spec is not None:
+        write_spec.write_text(spec.to_toml())
+        typer.echo(f"wrote {write_spec}; run it with: hooklab run {write_spec}")
+        return None
+    plan = plan_run(spec)  # refuses a bad spec before any model loads
+    if dry_run:
+        typer.echo(plan.describe())
+        return None
+    path = run_spec(spec, shard=None if shard is None else parse_shard(shard))
+    if path is None:
+        typer.echo(f"shard done; when every shard has finished: hooklab merge {spec.out}")
+    return path
+
+
+def _pair_spec(pair, pt, it, pt_revision, it_revision, dtype, device, trust):
+    from hooklab.runs import PairSpec
+
+    return PairSpec(
+        name=pair,
+        pt=pt,
+        it=it,
+        pt_revision=pt_revision,
+        it_revision=it_revision,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust,
+    )
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 @app.command()
 def readout(
     out: Annotated[
-        Path, typer.Option(help="Output folder (readout.parquet, manifest.json, summaries).")
+        Path,
+        typer.Option(help="Output folder (readout.parquet, manifest.json, summaries, parts/)."),
     ],
     pair: PairOption = None,
     pt: PtOption = None,
@@ -164,6 +213,10 @@ def readout(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap summaries.")] = 0,
+    part_size: PartSizeOption = 8,
+    shard: ShardOption = None,
+    dry_run: DryRunOption = False,
+    write_spec: WriteSpecOption = None,
     pt_revision: PtRevision = None,
     it_revision: ItRevision = None,
     dtype: DtypeOption = "float32",
@@ -171,41 +224,33 @@ def readout(
     trust_remote_code: TrustOption = False,
 ) -> None:
     """Lens metrics of both models at every position and layer; the convergence gap."""
-    from hooklab.prompts import load_prompts
-    from hooklab.readout import ReadoutConfig, load_lenses, readout_manifest, run_readout
-    from hooklab.summaries import (
-        commitment_layers,
-        commitment_summary,
-        convergence_gap,
-        depth_summary,
-        layer_summary,
-    )
-    from hooklab.tables import write_table
+    from hooklab.runs import ExecutionSpec, PromptSpec, RunSpec
 
-    config = ReadoutConfig(
-        conditions=tuple(c.strip() for c in condition.split(",") if c.strip()),
-        lens=lens,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
+    spec = RunSpec(
+        experiment="readout",
+        out=str(out),
         seed=seed,
+        pair=_pair_spec(pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code),
+        prompts=PromptSpec(source=prompts, limit=limit),
+        execution=ExecutionSpec(part_size=part_size),
+        readout={
+            "conditions": _split(condition),
+            "lens": lens,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+        },
     )
-    prompt_set = load_prompts(prompts)[:limit]
-    loaded = _load_pair_from_options(
-        pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code
-    )
-    lenses = load_lenses(loaded, config.lens)
-    frame = run_readout(loaded, prompt_set, config, lenses=lenses)
-    table = write_table(frame, out, "readout", readout_manifest(loaded, prompt_set, config, lenses))
-    layer_summary(frame, seed=seed).to_csv(out / "summary_layers.csv", index=False)
-    depth_summary(frame, seed=seed).to_csv(out / "summary_depth.csv", index=False)
-    gap = convergence_gap(frame, seed=seed)
-    gap.to_csv(out / "convergence_gap.csv", index=False)
-    commitment_summary(commitment_layers(frame), seed=seed).to_csv(
-        out / "commitment.csv", index=False
-    )
-    late = gap[gap["region"] == "late"]
-    typer.echo(f"wrote {table} ({len(frame)} rows) and summaries in {out}")
-    for row in late.itertuples():
+    path = _execute(spec, shard=shard, dry_run=dry_run, write_spec=write_spec)
+    if path is not None:
+        _echo_readout(path)
+
+
+def _echo_readout(path: Path) -> None:
+    import pandas as pd
+
+    gap = pd.read_csv(path.parent / "convergence_gap.csv")
+    typer.echo(f"wrote {path} and summaries in {path.parent}")
+    for row in gap[gap["region"] == "late"].itertuples():
         typer.echo(
             f"late-region KL gap (IT - PT), {row.condition}: {row.mean:+.4f} nats "
             f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}], {row.n_prompts} prompts"
@@ -216,7 +261,7 @@ def readout(
 def graft(
     out: Annotated[
         Path,
-        typer.Option(help="Output folder (graft.parquet, histories/, manifest.json, effects.csv)."),
+        typer.Option(help="Output folder (graft.parquet, manifest.json, effects.csv, parts/)."),
     ],
     pair: PairOption = None,
     pt: PtOption = None,
@@ -239,12 +284,16 @@ def graft(
     ] = "host",
     lens: Annotated[str, typer.Option(help="'logit' or 'tuned:DIR' (DIR/pt, DIR/it).")] = "logit",
     histories: Annotated[
-        Path | None, typer.Option(help="Reuse the histories folder of an earlier run.")
+        Path | None, typer.Option(help="Reuse the histories of an earlier run (its OUT/histories).")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Length cap of IT's greedy responses.")] = 32,
     batch_size: Annotated[int, typer.Option(help="Histories per forward pass.")] = 8,
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random control and the bootstrap.")] = 0,
+    part_size: PartSizeOption = 8,
+    shard: ShardOption = None,
+    dry_run: DryRunOption = False,
+    write_spec: WriteSpecOption = None,
     pt_revision: PtRevision = None,
     it_revision: ItRevision = None,
     dtype: DtypeOption = "float32",
@@ -252,64 +301,79 @@ def graft(
     trust_remote_code: TrustOption = False,
 ) -> None:
     """Graft IT MLPs into PT (and swap PT into IT) over windows of layers, with random controls."""
-    from hooklab.graft.effects import graft_effects, layer_effects
-    from hooklab.graft.histories import load_histories, make_histories, save_histories
-    from hooklab.graft.sweep import GraftConfig, run_graft
-    from hooklab.graft.windows import parse_windows
-    from hooklab.prompts import load_prompts, prompt_set_hash
-    from hooklab.readout import load_lenses
-    from hooklab.tables import build_manifest, write_table
+    from hooklab.runs import ExecutionSpec, PromptSpec, RunSpec
 
-    directions = [d.strip() for d in direction.split(",") if d.strip()]
+    directions = list(_split(direction))
     if "both" in directions:
         directions = ["it-to-pt", "pt-to-it"] + [d for d in directions if d != "both"]
-    config = GraftConfig(
-        directions=tuple(dict.fromkeys(directions)),
-        windows=windows,
-        lens=lens,
-        modes=tuple(m.strip() for m in mode.split(",") if m.strip()),
-        parts=tuple(p.strip() for p in part.split(",") if p.strip()),
-        router=router,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
+    spec = RunSpec(
+        experiment="graft",
+        out=str(out),
         seed=seed,
+        pair=_pair_spec(pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code),
+        prompts=PromptSpec(source=prompts, limit=limit),
+        execution=ExecutionSpec(part_size=part_size),
+        graft={
+            "directions": tuple(dict.fromkeys(directions)),
+            "windows": windows,
+            "modes": _split(mode),
+            "parts": _split(part),
+            "router": router,
+            "lens": lens,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+        },
+        histories=None if histories is None else str(histories),
     )
-    prompt_set = load_prompts(prompts)[:limit]
-    loaded = _load_pair_from_options(
-        pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code
-    )
-    parse_windows(config.windows, loaded.n_layers)  # refuse bad windows before any work
-    lenses = load_lenses(loaded, config.lens)
-    if histories is not None:
-        shared = load_histories(histories)
-        wanted = {p.id for p in prompt_set}
-        shared = [h for h in shared if h.prompt_id in wanted] if limit else shared
-    else:
-        shared = make_histories(loaded, prompt_set, max_new_tokens=max_new_tokens)
-    save_histories(shared, out / "histories")
-    table = run_graft(
-        loaded, shared, config, lenses=lenses, categories={p.id: p.category for p in prompt_set}
-    )
-    manifest = build_manifest(
-        pair=loaded,
-        config={"experiment": "graft", **config.to_dict()},
-        prompt_set_hash=prompt_set_hash(prompt_set),
-        n_prompts=len(shared),
-        seed=seed,
-    )
-    manifest["lenses"] = {side: lens_.describe() for side, lens_ in lenses.items()}
-    path = write_table(table, out, "graft", manifest)
-    effects = graft_effects(table, seed=seed)
-    effects.to_csv(out / "effects.csv", index=False)
-    layer_effects(table, seed=seed).to_csv(out / "layer_effects.csv", index=False)
-    typer.echo(f"wrote {path} ({len(table)} rows), histories and effects in {out}")
+    path = _execute(spec, shard=shard, dry_run=dry_run, write_spec=write_spec)
+    if path is not None:
+        _echo_graft(path)
+
+
+def _echo_graft(path: Path) -> None:
+    import pandas as pd
+
+    effects = pd.read_csv(path.parent / "effects.csv")
+    typer.echo(f"wrote {path}, histories and effects in {path.parent}")
     typer.echo("late-region change of kl_to_final (grafted - host), mean [95% CI], p:")
     for row in effects.itertuples():
         typer.echo(
-            f"  {row.direction:<9} {row.mode:<7} {row.part:<6} {row.window:<8} {row.mean:+.4f} "
-            f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]  p={row.p_sign_flip:.3g}  "
-            f"({row.n_prompts} prompts, {row.n_tokens} tokens)"
+            f"  {row.direction:<9} {row.mode:<7} {row.part:<6} {row.window:<8} "
+            f"{row.mean:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]  "
+            f"p={row.p_sign_flip:.3g}  ({row.n_prompts} prompts, {row.n_tokens} tokens)"
         )
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="Run spec (TOML).")],
+    out: Annotated[Path | None, typer.Option(help="Override the spec's out folder.")] = None,
+    shard: ShardOption = None,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Run a spec: resumable (rerun it after an interruption), shardable, local or on Ray."""
+    from hooklab.runs import load_spec
+
+    loaded = load_spec(spec, out=None if out is None else str(out))
+    path = _execute(loaded, shard=shard, dry_run=dry_run, write_spec=None)
+    if path is not None:
+        (_echo_readout if loaded.experiment == "readout" else _echo_graft)(path)
+
+
+@app.command()
+def merge(folder: Annotated[Path, typer.Argument(help="A run's out folder.")]) -> None:
+    """Build the final table, manifest and summaries from a run's finished parts."""
+    from hooklab.runs import merge_run
+
+    typer.echo(f"wrote {merge_run(folder)}")
+
+
+@app.command()
+def info(folder: Annotated[Path, typer.Argument(help="A run's out folder.")]) -> None:
+    """Print a run's provenance: versions, models, prompts, config, parts, hosts."""
+    from hooklab.runs import run_info
+
+    typer.echo(run_info(folder))
 
 
 @app.command("train-lens")
@@ -387,8 +451,7 @@ def families() -> None:
     typer.echo(f"{'family':<12} {'MLP path':<31} Hugging Face architectures")
     for spec in _SPECS:
         typer.echo(
-            f"{spec.family:<12} {' -> '.join(spec.mlp_path):<31} "
-            f"{', '.join(spec.hf_architectures)}"
+            f"{spec.family:<12} {' -> '.join(spec.mlp_path):<31} {', '.join(spec.hf_architectures)}"
         )
     typer.echo(f"\n{'pair':<17} {'PT':<32} {'IT':<36} {'params':>7} {'pair bf16':>9}")
     for name, entry in paper_pairs().items():

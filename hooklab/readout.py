@@ -19,11 +19,17 @@ from hooklab.conditions import ReadSequence, build_sequences, check_conditions
 from hooklab.errors import HooklabError
 from hooklab.lens import Lens, LogitLens, TunedLens
 from hooklab.metrics import Workspace
-from hooklab.prompts import Prompt, prompt_set_hash
+from hooklab.prompts import Prompt
 from hooklab.stream import read_lens
-from hooklab.tables import build_manifest, readout_frame
+from hooklab.tables import readout_frame
 
-__all__ = ["ReadoutConfig", "parse_lens_spec", "load_lenses", "run_readout", "readout_manifest"]
+__all__ = [
+    "ReadoutConfig",
+    "parse_lens_spec",
+    "load_lenses",
+    "run_readout",
+    "write_readout_summaries",
+]
 
 
 @dataclass(frozen=True)
@@ -151,16 +157,20 @@ def run_readout(
     return frame
 
 
-def readout_manifest(
-    pair: Any, prompts: Sequence[Prompt], config: ReadoutConfig, lenses: dict[str, Lens]
-) -> dict[str, Any]:
-    """The manifest of a readout run."""
-    manifest = build_manifest(
-        pair=pair,
-        config={"experiment": "readout", **config.to_dict()},
-        prompt_set_hash=prompt_set_hash(prompts),
-        n_prompts=len(prompts),
-        seed=config.seed,
+def write_readout_summaries(frame: pd.DataFrame, out: Path, *, seed: int = 0) -> None:
+    """The summary CSVs of a readout table: per layer, per depth bin, gap, commitment."""
+    from hooklab.summaries import (
+        commitment_layers,
+        commitment_summary,
+        convergence_gap,
+        depth_summary,
+        layer_summary,
     )
-    manifest["lenses"] = {side: lens.describe() for side, lens in lenses.items()}
-    return manifest
+
+    out = Path(out)
+    layer_summary(frame, seed=seed).to_csv(out / "summary_layers.csv", index=False)
+    depth_summary(frame, seed=seed).to_csv(out / "summary_depth.csv", index=False)
+    convergence_gap(frame, seed=seed).to_csv(out / "convergence_gap.csv", index=False)
+    commitment_summary(commitment_layers(frame), seed=seed).to_csv(
+        out / "commitment.csv", index=False
+    )

@@ -22,7 +22,7 @@ import pandas as pd
 from hooklab.conditions import ReadSequence
 from hooklab.stream import LensReadout
 
-__all__ = ["KEY_COLUMNS", "readout_frame", "build_manifest", "write_table", "read_table"]
+__all__ = ["KEY_COLUMNS", "readout_frame", "environment", "write_table", "read_table"]
 
 KEY_COLUMNS = ("prompt_id", "condition", "model", "position", "layer")
 
@@ -98,21 +98,14 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def build_manifest(
-    *, pair: Any, config: dict[str, Any], prompt_set_hash: str, n_prompts: int, seed: int
-) -> dict[str, Any]:
-    """Provenance of a run: versions, models and revisions, dtype, device, prompts, config, seed."""
+def environment() -> dict[str, Any]:
+    """Where and with what a result was made: time, package versions, git commit, host."""
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
         "git_commit": _git_commit(),
         "host": platform.node(),
         "python": platform.python_version(),
-        "pair": pair.describe(),
-        "prompt_set_hash": prompt_set_hash,
-        "n_prompts": n_prompts,
-        "config": config,
-        "seed": seed,
     }
 
 

@@ -9,7 +9,7 @@ from hooklab.errors import HooklabError
 from hooklab.metrics import late_layers
 from hooklab.stats import bootstrap_mean_ci, sign_flip_test
 
-__all__ = ["graft_effects", "layer_effects"]
+__all__ = ["graft_effects", "layer_effects", "write_graft_summaries"]
 
 
 def graft_effects(
@@ -79,3 +79,12 @@ def layer_effects(
     ).reset_index()
     out.insert(5, "metric", metric)
     return out
+
+
+def write_graft_summaries(table: pd.DataFrame, out, *, seed: int = 0) -> None:
+    """``effects.csv`` (late-region effects with CIs) and ``layer_effects.csv``."""
+    from pathlib import Path
+
+    out = Path(out)
+    graft_effects(table, seed=seed).to_csv(out / "effects.csv", index=False)
+    layer_effects(table, seed=seed).to_csv(out / "layer_effects.csv", index=False)

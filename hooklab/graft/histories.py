@@ -50,11 +50,13 @@ def make_histories(
     ]
 
 
-def save_histories(histories: Sequence[History], folder: str | Path) -> Path:
-    """Write ``histories.jsonl`` (one history per line) to ``folder``."""
+def save_histories(
+    histories: Sequence[History], folder: str | Path, name: str = HISTORIES_FILE
+) -> Path:
+    """Write ``name`` (default ``histories.jsonl``, one history per line) to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / HISTORIES_FILE
+    path = folder / name
     lines = [json.dumps({**asdict(h), "tokens": list(h.tokens)}) for h in histories]
     temporary = path.with_suffix(".tmp")
     temporary.write_text("\n".join(lines) + "\n")
@@ -63,19 +65,30 @@ def save_histories(histories: Sequence[History], folder: str | Path) -> Path:
 
 
 def load_histories(folder: str | Path) -> list[History]:
-    """Histories saved by :func:`save_histories`."""
-    path = Path(folder) / HISTORIES_FILE
-    if not path.is_file():
+    """Histories saved by :func:`save_histories`: ``histories.jsonl``, or a run's per-part
+    ``part-*.jsonl`` files in order."""
+    folder = Path(folder)
+    if (folder / HISTORIES_FILE).is_file():
+        paths = [folder / HISTORIES_FILE]
+    else:
+        paths = sorted(folder.glob("part-*.jsonl"))
+    if not paths:
         raise HooklabError(
             f"histories={str(folder)!r}: no {HISTORIES_FILE} there; pass the "
             "histories folder of an earlier graft run."
         )
     out = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        out.append(
-            History(
-                record["prompt_id"], tuple(record["tokens"]), record["read_from"], record["read_to"]
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            out.append(
+                History(
+                    record["prompt_id"],
+                    tuple(record["tokens"]),
+                    record["read_from"],
+                    record["read_to"],
+                )
             )
-        )
     return out

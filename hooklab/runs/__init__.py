@@ -1,0 +1,24 @@
+"""Batch runs: specs, resumable part storage, sharding, executors (local, Ray), provenance."""
+
+from hooklab.runs.execute import RunPlan, merge_run, plan_run, run_info, run_shard, run_spec
+from hooklab.runs.spec import ExecutionSpec, PairSpec, PromptSpec, RunSpec, load_spec
+from hooklab.runs.storage import Part, PartStore, parse_shard, plan_parts, select_shard
+
+__all__ = [
+    "ExecutionSpec",
+    "PairSpec",
+    "Part",
+    "PartStore",
+    "PromptSpec",
+    "RunPlan",
+    "RunSpec",
+    "load_spec",
+    "merge_run",
+    "parse_shard",
+    "plan_parts",
+    "plan_run",
+    "run_info",
+    "run_shard",
+    "run_spec",
+    "select_shard",
+]

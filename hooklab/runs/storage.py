@@ -1,0 +1,140 @@
+"""Resumable storage: a run's results as small parts, each written atomically.
+
+A part holds the rows of a fixed group of prompts (its index and prompt ids come from the
+plan, so they are the same on every restart and in every shard). It is written to a temporary
+file and renamed into place, then a marker with its SHA-256 is written the same way; a part
+counts as done only when the marker exists and the file's hash matches. A run killed at any
+moment (SIGKILL included) leaves at worst a stray temporary file or a part without a valid
+marker, and a restart redoes that part. Nothing half-written is ever merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hooklab.errors import HooklabError
+
+__all__ = ["Part", "plan_parts", "select_shard", "parse_shard", "PartStore"]
+
+PARTS_DIR = "parts"
+
+
+@dataclass(frozen=True)
+class Part:
+    """A fixed group of prompts whose rows are stored together."""
+
+    index: int
+    prompt_ids: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}"
+
+
+def plan_parts(prompt_ids: Sequence[str], part_size: int) -> list[Part]:
+    """Consecutive groups of ``part_size`` prompts, in prompt order."""
+    return [
+        Part(i, tuple(prompt_ids[start : start + part_size]))
+        for i, start in enumerate(range(0, len(prompt_ids), part_size))
+    ]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with 0 <= i < n."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise HooklabError(
+            f"shard={text!r}: write it as i/n, e.g. 0/4 for the first of four."
+        ) from None
+    if not 0 <= index < count:
+        raise HooklabError(f"shard={text!r}: need 0 <= i < n (shards are numbered from 0).")
+    return index, count
+
+
+def select_shard(parts: Sequence[Part], shard: tuple[int, int]) -> list[Part]:
+    """The parts of shard ``i`` of ``n``: every ``n``-th part, starting at ``i``."""
+    index, count = shard
+    return [part for part in parts if part.index % count == index]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+class PartStore:
+    """The ``parts/`` folder of a run."""
+
+    def __init__(self, out_dir: str | Path):
+        self.folder = Path(out_dir) / PARTS_DIR
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _paths(self, part: Part) -> tuple[Path, Path]:
+        return self.folder / f"{part.name}.parquet", self.folder / f"{part.name}.json"
+
+    def marker(self, part: Part) -> dict[str, Any] | None:
+        """The part's marker if the part is complete and intact, else ``None``."""
+        table, marker = self._paths(part)
+        if not table.is_file() or not marker.is_file():
+            return None
+        try:
+            info = json.loads(marker.read_text())
+        except (json.JSONDecodeError, OSError):
+            return None
+        if info.get("prompt_ids") != list(part.prompt_ids) or info.get("sha256") != _sha256(table):
+            return None
+        return info
+
+    def is_done(self, part: Part) -> bool:
+        return self.marker(part) is not None
+
+    def write(self, part: Part, frame: pd.DataFrame, info: dict[str, Any]) -> None:
+        """Write the part's table, then its marker, each atomically."""
+        table, marker = self._paths(part)
+        _atomic_write_bytes(table, lambda tmp: frame.to_parquet(tmp, index=False))
+        payload = {
+            **info,
+            **asdict(part),
+            "prompt_ids": list(part.prompt_ids),
+            "n_rows": len(frame),
+            "sha256": _sha256(table),
+        }
+        _atomic_write_bytes(marker, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+
+    def read(self, part: Part) -> pd.DataFrame:
+        if not self.is_done(part):
+            raise HooklabError(f"{part.name} is missing or damaged; run the spec again to redo it.")
+        return pd.read_parquet(self._paths(part)[0])
+
+    def clean_temporaries(self) -> int:
+        """Remove temporary files left by a killed writer; returns how many."""
+        stray = list(self.folder.glob(".*.tmp"))
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return len(stray)
