@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import torch
 
 from hooklab.errors import HooklabError
 from hooklab.prompts import (
@@ -24,7 +27,7 @@ from hooklab.prompts import (
     stop_token_ids,
 )
 
-__all__ = ["CONDITIONS", "ReadSequence", "build_sequences", "check_conditions"]
+__all__ = ["CONDITIONS", "ReadSequence", "build_sequences", "check_conditions", "pad_batch"]
 
 CONDITIONS = ("native", "same_history", "template_replay")
 
@@ -129,3 +132,28 @@ def build_sequences(
                 for model in ("pt", "it"):
                     out.append(ReadSequence(prompt.id, condition, model, tokens, 1, len(tokens)))
     return out
+
+
+class _Readable(Protocol):
+    tokens: tuple[int, ...]
+    read_from: int
+    read_to: int
+
+
+def pad_batch(
+    batch: Sequence[_Readable], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad sequences into ``(tokens, attention_mask, read_mask, targets)``, each
+    [batch, pos]; targets are the next token (-1 where there is none)."""
+    length = max(len(s.tokens) for s in batch)
+    tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    read = torch.zeros((len(batch), length), dtype=torch.bool)
+    targets = torch.full((len(batch), length), -1, dtype=torch.long)
+    for i, seq in enumerate(batch):
+        n = len(seq.tokens)
+        tokens[i, :n] = torch.tensor(seq.tokens)
+        mask[i, :n] = 1
+        read[i, seq.read_from : seq.read_to] = True
+        targets[i, : n - 1] = torch.tensor(seq.tokens[1:])
+    return tokens, mask, read, targets

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from hooklab.conditions import ReadSequence, build_sequences, check_conditions
+from hooklab.conditions import ReadSequence, build_sequences, check_conditions, pad_batch
 from hooklab.errors import HooklabError
 from hooklab.lens import Lens, LogitLens, TunedLens
 from hooklab.metrics import Workspace
@@ -91,21 +90,6 @@ def _batches(sequences: Sequence[ReadSequence], size: int):
         yield sequences[start : start + size]
 
 
-def _pad(batch: Sequence[ReadSequence], pad_id: int) -> tuple[torch.Tensor, ...]:
-    length = max(len(s.tokens) for s in batch)
-    tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    read = torch.zeros((len(batch), length), dtype=torch.bool)
-    targets = torch.full((len(batch), length), -1, dtype=torch.long)
-    for i, seq in enumerate(batch):
-        n = len(seq.tokens)
-        tokens[i, :n] = torch.tensor(seq.tokens)
-        mask[i, :n] = 1
-        read[i, seq.read_from : seq.read_to] = True
-        targets[i, : n - 1] = torch.tensor(seq.tokens[1:])
-    return tokens, mask, read, targets
-
-
 def run_readout(
     pair: Any,
     prompts: Sequence[Prompt],
@@ -138,7 +122,7 @@ def run_readout(
         for (_, side), group in groups.items():
             model = pair.models()[side]
             for batch in _batches(group, config.batch_size):
-                tokens, mask, read, targets = _pad(batch, pad_id)
+                tokens, mask, read, targets = pad_batch(batch, pad_id)
                 readout = read_lens(
                     model,
                     tokens,

@@ -21,6 +21,7 @@ from hooklab.architectures import read_logits
 from hooklab.forward import HookFn, residual_stream
 from hooklab.lens.base import Lens, LogitLens
 from hooklab.metrics import (
+    METRIC_NAMES,
     FinalDistribution,
     Workspace,
     final_distribution,
@@ -170,18 +171,12 @@ def read_variants(
         teacher_model, teacher_resid = teacher
         teacher_rows = teacher_resid.to(device)[read]
     d_vocab = int(model.cfg.d_vocab)
-    names = [
-        "kl_to_final",
-        "kl_final_to_layer",
-        "entropy",
-        "top1_agree",
-        "final_top1_rank",
-        "final_top1_prob",
-    ]
-    if row_targets is not None:
-        names += ["target_logprob", "target_rank"]
-    if teacher_rows is not None:
-        names += ["kl_to_teacher"]
+    skipped = set()
+    if row_targets is None:
+        skipped |= {"target_logprob", "target_rank"}
+    if teacher_rows is None:
+        skipped.add("kl_to_teacher")
+    names = [name for name in METRIC_NAMES if name not in skipped]
     if (
         workspace is None
         or workspace.d_vocab != d_vocab

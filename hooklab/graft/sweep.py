@@ -18,13 +18,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from hooklab.conditions import pad_batch
 from hooklab.errors import HooklabError
 from hooklab.forward import ResidualStream, residual_stream, resume_residual_stream
 from hooklab.graft.engine import DIRECTIONS, MODES, graft_hooks, mlp_out_hooks
 from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.lens import Lens
-from hooklab.metrics import Workspace
+from hooklab.metrics import METRIC_NAMES, Workspace
 from hooklab.moe import check_parts
 from hooklab.stream import LensReadout, read_variants
 
@@ -34,17 +35,7 @@ __all__ = ["GraftConfig", "run_graft", "GRAFT_METRICS"]
 #: [layer, batch, pos, d_model] residual stream).
 _VARIANTS_PER_READ = 8
 
-GRAFT_METRICS = (
-    "kl_to_final",
-    "kl_final_to_layer",
-    "entropy",
-    "top1_agree",
-    "final_top1_rank",
-    "final_top1_prob",
-    "target_logprob",
-    "target_rank",
-    "kl_to_teacher",
-)
+GRAFT_METRICS = METRIC_NAMES
 
 
 @dataclass(frozen=True)
@@ -101,21 +92,6 @@ class GraftConfig:
         return asdict(self)
 
 
-def _pad(batch: Sequence[History], pad_id: int):
-    length = max(len(h.tokens) for h in batch)
-    tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    read = torch.zeros((len(batch), length), dtype=torch.bool)
-    targets = torch.full((len(batch), length), -1, dtype=torch.long)
-    for i, h in enumerate(batch):
-        n = len(h.tokens)
-        tokens[i, :n] = torch.tensor(h.tokens)
-        mask[i, :n] = 1
-        read[i, h.read_from : h.read_to] = True
-        targets[i, : n - 1] = torch.tensor(h.tokens[1:])
-    return tokens, mask, read, targets
-
-
 def _per_prompt(readout: LensReadout) -> dict[str, np.ndarray]:
     """Per (row, layer) means over the read positions, and the token count per row."""
     read = readout.read.unsqueeze(-1)
@@ -140,7 +116,7 @@ class _Batch:
     def __init__(self, pair: Any, batch: Sequence[History], sides: set[str], reuse: bool):
         pad = pair.tokenizer.pad_token_id
         device = pair.pt.unembed.original_component.weight.device
-        tokens, mask, read, targets = _pad(batch, 0 if pad is None else int(pad))
+        tokens, mask, read, targets = pad_batch(batch, 0 if pad is None else int(pad))
         self.tokens, self.mask = tokens.to(device), mask.to(device)
         self.read, self.targets = read, targets
         self.keys = [h.prompt_id for h in batch]
