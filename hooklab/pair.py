@@ -22,7 +22,18 @@ from hooklab.loading import (
     resolve_source,
 )
 
-__all__ = ["ModelPair", "load_pair"]
+__all__ = ["ModelPair", "load_pair", "embedded_pair_folder", "TINY_PAIR"]
+
+#: Name of the embedded demo pair (``data/tiny-pair``), a small Llama-family model genuinely
+#: pretrained and instruction-tuned by ``python -m hooklab.synthetic.demo_pair``.
+TINY_PAIR = "tiny"
+
+
+def embedded_pair_folder() -> Path:
+    """The folder of the embedded demo pair (``pt/`` and ``it/`` inside)."""
+    from importlib import resources
+
+    return Path(str(resources.files("hooklab.data").joinpath("tiny-pair")))
 
 
 @dataclass(eq=False)
@@ -127,8 +138,8 @@ def load_pair(
 
     Args:
         name: a paper pair's short name (``"gemma3-4b"``, ``"llama3.1-8b"``, ``"qwen3-4b"``,
-            ``"mistral-7b-v0.3"``, ``"olmo2-7b"``, ``"deepseek-v2-lite"``); or leave it out and
-            pass ``pt`` and ``it``.
+            ``"mistral-7b-v0.3"``, ``"olmo2-7b"``, ``"deepseek-v2-lite"``), or ``"tiny"`` for
+            the embedded demo pair; or leave it out and pass ``pt`` and ``it``.
         pt: hub id or local folder of the pretrained checkpoint.
         it: hub id or local folder of the instruction-tuned checkpoint.
         pt_revision: branch, tag or commit of ``pt`` on the hub.
@@ -157,8 +168,11 @@ def load_pair(
                 f"load_pair got name={name!r} and pt/it as well; pass a pair name or pt=... and "
                 "it=..., not both."
             )
-        entry = paper_pair(name)
-        pt, it = entry.pt, entry.it
+        if name.strip().lower() == TINY_PAIR:
+            pt, it = (str(embedded_pair_folder() / side) for side in ("pt", "it"))
+        else:
+            entry = paper_pair(name)
+            pt, it = entry.pt, entry.it
     if pt is None or it is None:
         missing = " and ".join(arg for arg, value in (("pt", pt), ("it", it)) if value is None)
         raise HooklabError(

@@ -90,6 +90,11 @@ class PairSpec:
         from hooklab.catalog import paper_pair
         from hooklab.loading import load_config, resolve_source
 
+        if self.name is not None and self.name.strip().lower() == "tiny":
+            from hooklab.pair import embedded_pair_folder
+
+            config = json.loads((embedded_pair_folder() / "pt" / "config.json").read_text())
+            return int(config["num_hidden_layers"])
         if self.name is not None:
             return int(paper_pair(self.name).shape["num_hidden_layers"])
         if self.pt is None or self.it is None:
