@@ -59,11 +59,102 @@ def _format_parity(rows: list[dict]) -> str:
 
 @app.command()
 def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("hooklab-demo"),
+    prompts: Annotated[str, typer.Option(help="JSONL prompt file, or 'builtin'.")] = "builtin",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    device: DeviceOption = "cpu",
+) -> None:
+    """The main job on the embedded pair: native and same-history readouts, a late / mid /
+    early graft sweep with the random control, figures, token views and a report."""
+    import pandas as pd
+
+    from hooklab.pair import load_pair
+    from hooklab.runs import ExecutionSpec, PairSpec, PromptSpec, RunSpec, run_spec
+    from hooklab.viz.report import write_report
+    from hooklab.viz.tokens import write_token_view
+
+    pair = load_pair("tiny", device=device)
+    typer.echo(f"embedded pair: {pair!r}\n{pair.compatibility.format()}\n")
+    common = dict(
+        pair=PairSpec(name="tiny", device=device),
+        prompts=PromptSpec(source=prompts, limit=limit),
+        execution=ExecutionSpec(part_size=20),
+    )
+    readout_dir, graft_dir = out / "readout", out / "graft"
+    run_spec(
+        RunSpec(
+            experiment="readout",
+            out=str(readout_dir),
+            **common,
+            readout={"conditions": ("native", "same_history"), "max_new_tokens": 16},
+        )
+    )
+    run_spec(
+        RunSpec(
+            experiment="graft",
+            out=str(graft_dir),
+            **common,
+            graft={
+                "directions": ("it-to-pt", "pt-to-it"),
+                "windows": "late,mid,early",
+                "modes": ("module", "random"),
+                "max_new_tokens": 16,
+            },
+        )
+    )
+    table = pd.read_parquet(readout_dir / "readout.parquet")
+    views = [
+        write_token_view(
+            out / "token_views" / f"{prompt_id}.html",
+            pair.tokenizer,
+            table,
+            prompt_id,
+            "same_history",
+        )
+        for prompt_id in list(dict.fromkeys(table["prompt_id"].astype(str)))[:5]
+    ]
+    report = write_report(
+        out,
+        [readout_dir, graft_dir],
+        token_views=views,
+        title="hooklab demo: the embedded PT/IT pair",
+    )
+    gap = pd.read_csv(readout_dir / "convergence_gap.csv")
+    effects = pd.read_csv(graft_dir / "effects.csv")
+    for row in gap[gap["region"] == "late"].itertuples():
+        typer.echo(
+            f"convergence gap (IT - PT late-region KL), {row.condition}: {row.mean:+.3f} "
+            f"nats [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        )
+    for row in effects[effects["window"] == "late"].itertuples():
+        typer.echo(
+            f"late {row.mode} graft {row.direction}: {row.mean:+.3f} nats "
+            f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        )
+    typer.echo(f"\nopen {report} in a browser (figures and token views work offline)")
+
+
+@app.command()
+def report(
+    folders: Annotated[list[Path], typer.Argument(help="Run folders (readout and/or graft).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write report.html (default: the first folder).")
+    ] = None,
+) -> None:
+    """Assemble one HTML page from run folders: manifests, summary tables, figures."""
+    from hooklab.viz.report import write_report
+
+    typer.echo(f"wrote {write_report(out or folders[0], folders)}")
+
+
+@app.command()
+def parity(
     out: Annotated[
         Path | None, typer.Option(help="Folder for parity.json (default: print only).")
     ] = None,
 ) -> None:
-    """Build tiny PT/IT pairs of all six families offline; print compatibility and parity."""
+    """Build tiny random PT/IT pairs of all six families offline; print compatibility and parity
+    (bridge vs Hugging Face logits and the identities hooklab relies on)."""
     from hooklab.pair import load_pair
     from hooklab.synthetic import TINY_SHAPES, write_tiny_pair
 

@@ -8,8 +8,8 @@ from hooklab.cli import main
 from hooklab.synthetic import TINY_SHAPES
 
 
-def test_demo_prints_and_writes_a_passing_parity_report(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def test_parity_prints_and_writes_a_passing_parity_report(tmp_path, capsys):
+    assert main(["parity", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "Compatibility of the tiny llama pair" in printed and "NO" not in printed
     rows = json.loads((tmp_path / "parity.json").read_text())
@@ -42,3 +42,38 @@ def test_families_lists_every_paper_pair(capsys):
     assert main(["families"]) == 0
     out = capsys.readouterr().out
     assert "google/gemma-3-4b-it" in out and "deepseek_v2" in out
+
+
+def test_demo_runs_the_main_job_on_the_embedded_pair(tmp_path, capsys):
+    import re
+
+    assert main(["demo", "--out", str(tmp_path), "--limit", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "convergence gap (IT - PT late-region KL), native" in printed
+    assert "late random graft it-to-pt" in printed and "report.html" in printed
+    report = (tmp_path / "report.html").read_text()
+    for name in ("convergence", "commitment", "heatmap", "graft_effects"):
+        assert (
+            f"figures/{name}.html" in report and (tmp_path / "figures" / f"{name}.html").is_file()
+        )
+    assert "<table" in report and "token_views/" in report
+    views = list((tmp_path / "token_views").glob("*.html"))
+    assert views
+    for page in [*views, *(tmp_path / "figures").glob("*.html")]:
+        text = page.read_text()
+        assert not re.search(r"<script[^>]+src=[\"']https?://", text), page  # works offline
+    assert "CircuitsVis.render" in views[0].read_text()
+    # the report command rebuilds it from the run folders alone
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "readout"),
+                str(tmp_path / "graft"),
+                "--out",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "again" / "report.html").is_file()
