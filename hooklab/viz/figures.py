@@ -51,6 +51,7 @@ def convergence_figure(
                 go.Scatter(
                     x=list(rows["depth"]) + list(rows["depth"])[::-1],
                     y=list(rows["ci_high"]) + list(rows["ci_low"])[::-1],
+                    mode="lines",
                     fill="toself",
                     fillcolor=_BAND[model],
                     line={"width": 0},

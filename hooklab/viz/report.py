@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from hooklab.errors import HooklabError
+from hooklab.viz.browser import find_browser, screenshot
 from hooklab.viz.figures import (
     commitment_figure,
     convergence_figure,
@@ -36,6 +37,9 @@ def write_figures(run_dir: str | Path, figures_dir: str | Path) -> list[Path]:
         written.append(save_html(graft_effects_figure(table), figures_dir / "graft_effects.html"))
     if not written:
         raise HooklabError(f"{run_dir} holds neither readout.parquet nor graft.parquet.")
+    if find_browser() is not None:  # static PNGs beside the HTML (Chromium as the renderer)
+        for path in list(written):
+            screenshot(path, path.with_suffix(".png"))
     return written
 
 

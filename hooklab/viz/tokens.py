@@ -7,6 +7,7 @@ a per-position value: its commitment depth or its late-region ``kl_to_final``.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,14 @@ def token_view_html(
             min_value=0.0,
             max_value=max(1e-9, float(values["value"].max())),
         )
+        # circuitsvis writes its mount point as "<div .../>", which HTML does not close: the
+        # next view would end up inside it and be replaced when React renders. Close it.
+        source = re.sub(
+            r'(<div id="circuits-vis-[^"]+"[^>]*?)\s*/>', r"\1></div>", rendered.local_src, count=1
+        )
         parts.append(
             f"<h3>{model.upper()}: {html.escape(prompt_id)} ({html.escape(condition)},"
-            f" coloured by {colour_by})</h3>\n{rendered.local_src}"
+            f" coloured by {colour_by})</h3>\n<div>{source}</div>"
         )
     return "\n".join(parts)
 
