@@ -68,6 +68,7 @@ def demo(
     early graft sweep with the random control, figures, token views and a report."""
     import pandas as pd
 
+    from hooklab.graft.histories import load_histories
     from hooklab.pair import load_pair
     from hooklab.runs import ExecutionSpec, PairSpec, PromptSpec, RunSpec, run_spec
     from hooklab.viz.report import write_report
@@ -103,6 +104,7 @@ def demo(
         )
     )
     table = pd.read_parquet(readout_dir / "readout.parquet")
+    histories = {h.prompt_id: h for h in load_histories(graft_dir / "histories")}
     views = [
         write_token_view(
             out / "token_views" / f"{prompt_id}.html",
@@ -110,6 +112,8 @@ def demo(
             table,
             prompt_id,
             "same_history",
+            pair=pair,
+            tokens=histories[prompt_id].tokens,
         )
         for prompt_id in list(dict.fromkeys(table["prompt_id"].astype(str)))[:5]
     ]

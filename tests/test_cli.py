@@ -63,6 +63,7 @@ def test_demo_runs_the_main_job_on_the_embedded_pair(tmp_path, capsys):
         text = page.read_text()
         assert not re.search(r"<script[^>]+src=[\"']https?://", text), page  # works offline
     assert "CircuitsVis.render" in views[0].read_text()
+    assert views[0].read_text().count("top-3 predictions of each layer") == 2  # PT and IT
     # the report command rebuilds it from the run folders alone
     assert (
         main(

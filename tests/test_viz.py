@@ -86,3 +86,19 @@ def test_html_is_self_contained(tables, tmp_path):
     assert "Plotly.newPlot" in html or "plotly" in html.lower()
     assert not re.search(r"<script[^>]+src=[\"']https?://", html)  # nothing from a CDN
     assert path.stat().st_size > 1_000_000  # plotly.js is inlined
+
+
+def test_layer_topk_matches_the_readout(tiny_pair):
+    # Known answer: at the last layer the top-1 prediction is the model's own final top-1.
+    import torch
+
+    from hooklab.viz.tokens import layer_topk
+
+    pair = hooklab.load_pair("tiny", device="cpu")
+    tokens = pair.tokenizer("The capital of France is")["input_ids"]
+    ids, probs = layer_topk(pair.pt, tokens, [len(tokens) - 1], k=3)
+    with torch.no_grad():
+        logits = pair.pt(torch.tensor([tokens]))[0, -1]
+    assert int(ids[0, -1, 0]) == int(logits.argmax())
+    assert float(probs[0, -1, 0]) == pytest.approx(float(logits.softmax(-1).max()), rel=1e-5)
+    assert (probs[..., :-1] >= probs[..., 1:]).all()  # sorted
