@@ -108,6 +108,14 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_table(
     assert [m["index"] for m in markers] == [0, 1, 2]
 
 
+def test_resume_after_a_kill_between_the_run_files(tiny, reference, tmp_path):
+    # Killed after run.json but before spec.toml (the order of an earlier version): resumable.
+    spec = load_spec(_write_spec(tmp_path / "spec.toml", tiny, tmp_path / "out"))
+    run_spec(spec, shard=(0, 3), progress=False)
+    (tmp_path / "out" / "spec.toml").unlink()
+    _same(reference, pd.read_parquet(run_spec(spec, progress=False)))
+
+
 def test_two_shards_merge_to_one_run(tiny, reference, tmp_path):
     spec = load_spec(_write_spec(tmp_path / "spec.toml", tiny, tmp_path / "out"))
     assert run_spec(spec, shard=(1, 2), progress=False) is None  # shard 1 alone: not complete

@@ -60,7 +60,15 @@ def graft_effects(
                 "n_tokens": int(group["n_tokens"].sum()),
             }
         )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    # windows in depth order (early, mid, late), not by name
+    starts = table.groupby("window", observed=True)["window_start"].first()
+    out.insert(4, "window_start", out["window"].map(starts).astype(int))
+    return out.sort_values(
+        ["direction", "mode", "part", "window_start"], kind="stable", ignore_index=True
+    )
 
 
 def layer_effects(

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from hooklab.errors import HooklabError
 from hooklab.prompts import prompt_set_hash
 from hooklab.runs.spec import RunSpec, load_spec
-from hooklab.runs.storage import Part, PartStore, plan_parts, select_shard
+from hooklab.runs.storage import Part, PartStore, atomic_write_text, plan_parts, select_shard
 
 __all__ = ["RunPlan", "plan_run", "run_spec", "run_shard", "merge_run", "run_info", "RUN_FILE"]
 
@@ -89,10 +89,14 @@ def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> Non
                 f"{out} already holds a different run (its {RUN_FILE} differs from this spec); "
                 "resume with the same spec, or choose another out folder."
             )
+        if not (out / SPEC_FILE).is_file():  # written first, but be robust to older folders
+            atomic_write_text(out / SPEC_FILE, spec.to_toml())
         return
+    # spec.toml first, run.json last, each atomically: a run killed between the two writes
+    # leaves no run.json, and the restart starts it afresh.
+    atomic_write_text(out / SPEC_FILE, spec.to_toml())
     payload = {"run": what, "parts": [dataclasses.asdict(p) for p in plan.parts]}
-    path.write_text(json.dumps(payload, indent=2, default=list))
-    (out / SPEC_FILE).write_text(spec.to_toml())
+    atomic_write_text(path, json.dumps(payload, indent=2, default=list))
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -169,7 +173,7 @@ def run_shard(
         "pair": pair.describe(),
         "lenses": {side: lens.describe() for side, lens in lenses.items()},
     }
-    (Path(spec.out) / LOADED_FILE).write_text(json.dumps(loaded, indent=2, default=str))
+    atomic_write_text(Path(spec.out) / LOADED_FILE, json.dumps(loaded, indent=2, default=str))
     by_id = {p.id: p for p in prompts}
     written = []
     for part in tqdm(todo, desc=f"shard {shard[0]}/{shard[1]}", disable=not progress, unit="part"):

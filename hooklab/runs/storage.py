@@ -23,7 +23,7 @@ import pandas as pd
 
 from hooklab.errors import HooklabError
 
-__all__ = ["Part", "plan_parts", "select_shard", "parse_shard", "PartStore"]
+__all__ = ["Part", "plan_parts", "select_shard", "parse_shard", "PartStore", "atomic_write_text"]
 
 PARTS_DIR = "parts"
 
@@ -86,6 +86,13 @@ def _atomic_write_bytes(path: Path, write) -> None:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class PartStore:
