@@ -135,6 +135,13 @@ def demo(
             f"late {row.mode} graft {row.direction}: {row.mean:+.3f} nats "
             f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
         )
+    from hooklab.viz.browser import find_browser
+
+    if find_browser() is None:
+        typer.echo(
+            "(no Chromium found, so the figures were written as HTML only; for PNG copies "
+            "install Debian's chromium: apt-get install chromium)"
+        )
     typer.echo(f"\nopen {report} in a browser (figures and token views work offline)")
 
 
