@@ -7,10 +7,8 @@ DESIGN.md section 3, plus ``token_id``, ``target_id``, ``n_layers`` and ``depth`
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hooklab.atomic import atomic_write
 from hooklab.conditions import ReadSequence
 from hooklab.stream import LensReadout
 
@@ -109,27 +108,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_table(
     frame: pd.DataFrame, out_dir: str | Path, name: str, manifest: dict[str, Any]
 ) -> Path:
     """Write ``{name}.parquet`` and ``manifest.json`` to ``out_dir`` (each atomically)."""
     out_dir = Path(out_dir)
     table_path = out_dir / f"{name}.parquet"
-    _atomic_write(table_path, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(table_path, lambda tmp: frame.to_parquet(tmp, index=False))
     manifest = {**manifest, "table": table_path.name, "n_rows": len(frame)}
-    _atomic_write(
+    atomic_write(
         out_dir / "manifest.json",
         lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, default=str)),
     )

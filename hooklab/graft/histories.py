@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hooklab.atomic import atomic_write_text
 from hooklab.conditions import build_sequences
 from hooklab.errors import HooklabError
 from hooklab.prompts import Prompt
@@ -54,14 +55,8 @@ def save_histories(
     histories: Sequence[History], folder: str | Path, name: str = HISTORIES_FILE
 ) -> Path:
     """Write ``name`` (default ``histories.jsonl``, one history per line) to ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
     lines = [json.dumps({**asdict(h), "tokens": list(h.tokens)}) for h in histories]
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    temporary.replace(path)
-    return path
+    return atomic_write_text(Path(folder) / name, "\n".join(lines) + "\n")
 
 
 def load_histories(folder: str | Path) -> list[History]:

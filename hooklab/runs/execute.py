@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
 from hooklab.prompts import prompt_set_hash
 from hooklab.runs.spec import RunSpec, load_spec
-from hooklab.runs.storage import Part, PartStore, atomic_write_text, plan_parts, select_shard
+from hooklab.runs.storage import Part, PartStore, plan_parts, select_shard
 
 __all__ = ["RunPlan", "plan_run", "run_spec", "run_shard", "merge_run", "run_info", "RUN_FILE"]
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +19,10 @@ from typing import Any
 
 import pandas as pd
 
+from hooklab.atomic import atomic_write
 from hooklab.errors import HooklabError
 
-__all__ = ["Part", "plan_parts", "select_shard", "parse_shard", "PartStore", "atomic_write_text"]
+__all__ = ["Part", "plan_parts", "select_shard", "parse_shard", "PartStore"]
 
 PARTS_DIR = "parts"
 
@@ -75,26 +74,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-
-
 class PartStore:
     """The ``parts/`` folder of a run."""
 
@@ -124,7 +103,7 @@ class PartStore:
     def write(self, part: Part, frame: pd.DataFrame, info: dict[str, Any]) -> None:
         """Write the part's table, then its marker, each atomically."""
         table, marker = self._paths(part)
-        _atomic_write_bytes(table, lambda tmp: frame.to_parquet(tmp, index=False))
+        atomic_write(table, lambda tmp: frame.to_parquet(tmp, index=False))
         payload = {
             **info,
             **asdict(part),
@@ -132,7 +111,7 @@ class PartStore:
             "n_rows": len(frame),
             "sha256": _sha256(table),
         }
-        _atomic_write_bytes(marker, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+        atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
     def read(self, part: Part) -> pd.DataFrame:
         if not self.is_done(part):
