@@ -64,19 +64,25 @@ def _prompt_means(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataF
     return out.rename(columns={"mean": "value", "count": "n_tokens"})
 
 
+def _metric_cis(
+    frame: pd.DataFrame, metrics: Sequence[str], keys: list[str], seed: int
+) -> pd.DataFrame:
+    """Per metric and group of ``keys``: the mean over prompts of per-prompt means, with CIs."""
+    parts = []
+    for metric in metrics:
+        data = frame.assign(**{metric: frame[metric].astype(np.float64)})
+        summary = _ci_rows(_prompt_means(data, keys, metric), keys, "value", seed)
+        summary.insert(0, "metric", metric)
+        parts.append(summary)
+    return pd.concat(parts, ignore_index=True)
+
+
 def layer_summary(
     frame: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS, *, seed: int = 0
 ) -> pd.DataFrame:
     """Mean and 95% CI of each metric per (condition, model, layer), over prompts."""
     _check_columns(frame, [*metrics, "condition", "model", "layer", "prompt_id"])
-    parts = []
-    for metric in metrics:
-        data = frame.assign(**{metric: frame[metric].astype(np.float64)})
-        means = _prompt_means(data, ["condition", "model", "layer"], metric)
-        summary = _ci_rows(means, ["condition", "model", "layer"], "value", seed)
-        summary.insert(0, "metric", metric)
-        parts.append(summary)
-    out = pd.concat(parts, ignore_index=True)
+    out = _metric_cis(frame, metrics, ["condition", "model", "layer"], seed)
     n_layers = int(frame["n_layers"].iloc[0])
     out["depth"] = out["layer"] / max(n_layers - 1, 1)
     return out
@@ -96,14 +102,7 @@ def depth_summary(
     """Per depth bin (``depth`` = layer / (L - 1), in ``n_bins`` equal bins): mean and CI."""
     _check_columns(frame, [*metrics, "depth"])
     binned = frame.assign(depth_bin=_depth_bins(frame, n_bins))
-    parts = []
-    for metric in metrics:
-        data = binned.assign(**{metric: binned[metric].astype(np.float64)})
-        means = _prompt_means(data, ["condition", "model", "depth_bin"], metric)
-        summary = _ci_rows(means, ["condition", "model", "depth_bin"], "value", seed)
-        summary.insert(0, "metric", metric)
-        parts.append(summary)
-    out = pd.concat(parts, ignore_index=True)
+    out = _metric_cis(binned, metrics, ["condition", "model", "depth_bin"], seed)
     out["depth_low"] = out["depth_bin"] / n_bins
     out["depth_high"] = (out["depth_bin"] + 1) / n_bins
     return out
