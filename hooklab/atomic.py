@@ -10,8 +10,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_csv"]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
@@ -34,3 +35,8 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda temporary: Path(temporary).write_text(text))
+
+
+def atomic_write_csv(path: str | Path, frame: Any) -> Path:
+    """Write a pandas DataFrame as CSV to ``path`` atomically (no index column)."""
+    return atomic_write(path, lambda temporary: frame.to_csv(temporary, index=False))

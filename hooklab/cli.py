@@ -6,7 +6,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -68,11 +68,14 @@ def demo(
     early graft sweep with the random control, figures, token views and a report."""
     import pandas as pd
 
+    from hooklab.experiment import get_experiment
     from hooklab.graft.histories import load_histories
+    from hooklab.graft.sweep import GraftConfig
     from hooklab.pair import load_pair
+    from hooklab.readout import ReadoutConfig
     from hooklab.runs import ExecutionSpec, PairSpec, PromptSpec, RunSpec, run_spec
     from hooklab.viz.report import write_report
-    from hooklab.viz.tokens import write_token_view
+    from hooklab.viz.tokens import safe_filename, write_token_view
 
     pair = load_pair("tiny", device=device)
     typer.echo(f"embedded pair: {pair!r}\n{pair.compatibility.format()}\n")
@@ -82,32 +85,25 @@ def demo(
         execution=ExecutionSpec(part_size=20),
     )
     readout_dir, graft_dir = out / "readout", out / "graft"
-    run_spec(
-        RunSpec(
-            experiment="readout",
-            out=str(readout_dir),
-            **common,
-            readout={"conditions": ("native", "same_history"), "max_new_tokens": 16},
-        )
-    )
+    readout_config = ReadoutConfig(conditions=("native", "same_history"), max_new_tokens=16)
+    run_spec(RunSpec(experiment="readout", out=str(readout_dir), config=readout_config, **common))
+    # the graft is teacher-forced on the readout's own IT responses: generated once
+    graft_config = GraftConfig(windows="late,mid,early", max_new_tokens=16)
     run_spec(
         RunSpec(
             experiment="graft",
             out=str(graft_dir),
+            config=graft_config,
+            histories=str(readout_dir),
             **common,
-            graft={
-                "directions": ("it-to-pt", "pt-to-it"),
-                "windows": "late,mid,early",
-                "modes": ("module", "random"),
-                "max_new_tokens": 16,
-            },
         )
     )
     table = pd.read_parquet(readout_dir / "readout.parquet")
-    histories = {h.prompt_id: h for h in load_histories(graft_dir / "histories")}
-    views = [
-        write_token_view(
-            out / "token_views" / f"{prompt_id}.html",
+    histories = {h.prompt_id: h for h in load_histories(readout_dir)}
+    views = []
+    for index, prompt_id in enumerate(list(dict.fromkeys(table["prompt_id"].astype(str)))[:5]):
+        path = write_token_view(
+            out / "token_views" / safe_filename(prompt_id, index, ".html"),
             pair.tokenizer,
             table,
             prompt_id,
@@ -115,26 +111,16 @@ def demo(
             pair=pair,
             tokens=histories[prompt_id].tokens,
         )
-        for prompt_id in list(dict.fromkeys(table["prompt_id"].astype(str)))[:5]
-    ]
+        views.append((prompt_id, path))
     report = write_report(
         out,
         [readout_dir, graft_dir],
         token_views=views,
         title="hooklab demo: the embedded PT/IT pair",
     )
-    gap = pd.read_csv(readout_dir / "convergence_gap.csv")
-    effects = pd.read_csv(graft_dir / "effects.csv")
-    for row in gap[gap["region"] == "late"].itertuples():
-        typer.echo(
-            f"convergence gap (IT - PT late-region KL), {row.condition}: {row.mean:+.3f} "
-            f"nats [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-        )
-    for row in effects[effects["window"] == "late"].itertuples():
-        typer.echo(
-            f"late {row.mode} graft {row.direction}: {row.mean:+.3f} nats "
-            f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-        )
+    for run_dir in (readout_dir, graft_dir):
+        for line in get_experiment(run_dir.name).headline(run_dir)[1:]:
+            typer.echo(line)
     from hooklab.viz.browser import find_browser
 
     if find_browser() is None:
@@ -278,174 +264,6 @@ def _execute(spec, *, shard: str | None, dry_run: bool, write_spec: Path | None)
     return path
 
 
-def _pair_spec(pair, pt, it, pt_revision, it_revision, dtype, device, trust):
-    from hooklab.runs import PairSpec
-
-    return PairSpec(
-        name=pair,
-        pt=pt,
-        it=it,
-        pt_revision=pt_revision,
-        it_revision=it_revision,
-        dtype=dtype,
-        device=device,
-        trust_remote_code=trust,
-    )
-
-
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-@app.command()
-def readout(
-    out: Annotated[
-        Path,
-        typer.Option(help="Output folder (readout.parquet, manifest.json, summaries, parts/)."),
-    ],
-    pair: PairOption = None,
-    pt: PtOption = None,
-    it: ItOption = None,
-    prompts: Annotated[str, typer.Option(help="JSONL prompt file, or 'builtin'.")] = "builtin",
-    lens: Annotated[str, typer.Option(help="'logit' or 'tuned:DIR' (DIR/pt, DIR/it).")] = "logit",
-    condition: Annotated[
-        str, typer.Option(help="native, same_history, template_replay; comma-separated.")
-    ] = "native",
-    max_new_tokens: Annotated[int, typer.Option(help="Length cap of greedy continuations.")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap summaries.")] = 0,
-    part_size: PartSizeOption = 8,
-    shard: ShardOption = None,
-    dry_run: DryRunOption = False,
-    write_spec: WriteSpecOption = None,
-    pt_revision: PtRevision = None,
-    it_revision: ItRevision = None,
-    dtype: DtypeOption = "float32",
-    device: DeviceOption = None,
-    trust_remote_code: TrustOption = False,
-) -> None:
-    """Lens metrics of both models at every position and layer; the convergence gap."""
-    from hooklab.runs import ExecutionSpec, PromptSpec, RunSpec
-
-    spec = RunSpec(
-        experiment="readout",
-        out=str(out),
-        seed=seed,
-        pair=_pair_spec(pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code),
-        prompts=PromptSpec(source=prompts, limit=limit),
-        execution=ExecutionSpec(part_size=part_size),
-        readout={
-            "conditions": _split(condition),
-            "lens": lens,
-            "max_new_tokens": max_new_tokens,
-            "batch_size": batch_size,
-        },
-    )
-    path = _execute(spec, shard=shard, dry_run=dry_run, write_spec=write_spec)
-    if path is not None:
-        _echo_readout(path)
-
-
-def _echo_readout(path: Path) -> None:
-    import pandas as pd
-
-    gap = pd.read_csv(path.parent / "convergence_gap.csv")
-    typer.echo(f"wrote {path} and summaries in {path.parent}")
-    for row in gap[gap["region"] == "late"].itertuples():
-        typer.echo(
-            f"late-region KL gap (IT - PT), {row.condition}: {row.mean:+.4f} nats "
-            f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}], {row.n_prompts} prompts"
-        )
-
-
-@app.command()
-def graft(
-    out: Annotated[
-        Path,
-        typer.Option(help="Output folder (graft.parquet, manifest.json, effects.csv, parts/)."),
-    ],
-    pair: PairOption = None,
-    pt: PtOption = None,
-    it: ItOption = None,
-    prompts: Annotated[str, typer.Option(help="JSONL prompt file, or 'builtin'.")] = "builtin",
-    direction: Annotated[
-        str, typer.Option(help="it-to-pt, pt-to-it, both, self-pt, self-it; comma-separated.")
-    ] = "both",
-    windows: Annotated[
-        str, typer.Option(help="late,mid,early | last25 | a:b,... | sliding:W[:S]")
-    ] = "late,mid,early",
-    mode: Annotated[
-        str, typer.Option(help="module, splice, random; comma-separated.")
-    ] = "module,random",
-    part: Annotated[
-        str, typer.Option(help="MoE models: mlp, moe, shared, routed; comma-separated.")
-    ] = "mlp",
-    router: Annotated[
-        str, typer.Option(help="Routed-expert grafts: whose router picks (host, donor).")
-    ] = "host",
-    lens: Annotated[str, typer.Option(help="'logit' or 'tuned:DIR' (DIR/pt, DIR/it).")] = "logit",
-    histories: Annotated[
-        Path | None, typer.Option(help="Reuse the histories of an earlier run (its OUT/histories).")
-    ] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Length cap of IT's greedy responses.")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Histories per forward pass.")] = 8,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random control and the bootstrap.")] = 0,
-    part_size: PartSizeOption = 8,
-    shard: ShardOption = None,
-    dry_run: DryRunOption = False,
-    write_spec: WriteSpecOption = None,
-    pt_revision: PtRevision = None,
-    it_revision: ItRevision = None,
-    dtype: DtypeOption = "float32",
-    device: DeviceOption = None,
-    trust_remote_code: TrustOption = False,
-) -> None:
-    """Graft IT MLPs into PT (and swap PT into IT) over windows of layers, with random controls."""
-    from hooklab.runs import ExecutionSpec, PromptSpec, RunSpec
-
-    directions = list(_split(direction))
-    if "both" in directions:
-        directions = ["it-to-pt", "pt-to-it"] + [d for d in directions if d != "both"]
-    spec = RunSpec(
-        experiment="graft",
-        out=str(out),
-        seed=seed,
-        pair=_pair_spec(pair, pt, it, pt_revision, it_revision, dtype, device, trust_remote_code),
-        prompts=PromptSpec(source=prompts, limit=limit),
-        execution=ExecutionSpec(part_size=part_size),
-        graft={
-            "directions": tuple(dict.fromkeys(directions)),
-            "windows": windows,
-            "modes": _split(mode),
-            "parts": _split(part),
-            "router": router,
-            "lens": lens,
-            "max_new_tokens": max_new_tokens,
-            "batch_size": batch_size,
-        },
-        histories=None if histories is None else str(histories),
-    )
-    path = _execute(spec, shard=shard, dry_run=dry_run, write_spec=write_spec)
-    if path is not None:
-        _echo_graft(path)
-
-
-def _echo_graft(path: Path) -> None:
-    import pandas as pd
-
-    effects = pd.read_csv(path.parent / "effects.csv")
-    typer.echo(f"wrote {path}, histories and effects in {path.parent}")
-    typer.echo("late-region change of kl_to_final (grafted - host), mean [95% CI], p:")
-    for row in effects.itertuples():
-        typer.echo(
-            f"  {row.direction:<9} {row.mode:<7} {row.part:<6} {row.window:<8} "
-            f"{row.mean:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]  "
-            f"p={row.p_sign_flip:.3g}  ({row.n_prompts} prompts, {row.n_tokens} tokens)"
-        )
-
-
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="Run spec (TOML).")],
@@ -459,7 +277,8 @@ def run(
     loaded = load_spec(spec, out=None if out is None else str(out))
     path = _execute(loaded, shard=shard, dry_run=dry_run, write_spec=None)
     if path is not None:
-        (_echo_readout if loaded.experiment == "readout" else _echo_graft)(path)
+        for line in loaded.kind.headline(path.parent):
+            typer.echo(line)
 
 
 @app.command()
@@ -564,26 +383,62 @@ def families() -> None:
         )
 
 
+def _run_experiment(spec: Any, options: dict[str, Any]) -> None:
+    path = _execute(
+        spec, shard=options["shard"], dry_run=options["dry_run"], write_spec=options["write_spec"]
+    )
+    if path is not None:
+        for line in spec.kind.headline(path.parent):
+            typer.echo(line)
+
+
+def _register_experiments() -> None:
+    """One generated command per registered experiment (``hooklab readout``, ...)."""
+    from hooklab.cli_config import experiment_command
+    from hooklab.experiment import experiments
+
+    present = {info.name for info in app.registered_commands}
+    for name, experiment in experiments().items():
+        if name not in present:
+            app.command(name, help=experiment.summary)(
+                experiment_command(experiment, _run_experiment)
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors print one line and exit with status 2."""
+    """Run the CLI; user errors print one line and exit with status 2; an interrupted run
+    exits with 130 and says how to resume."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # per-file bars drown the report
     try:
+        _register_experiments()
         app(args=argv, standalone_mode=False)
     except HooklabError as error:
         typer.echo(f"hooklab: error: {error}", err=True)
         return 2
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo(
+            "hooklab: interrupted; rerun the same command to resume (finished parts are kept).",
+            err=True,
+        )
+        return 130
     except typer.Exit as exit_:
         return exit_.exit_code
     except Exception as error:  # click's usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
+        if hasattr(error, "show") and hasattr(error, "exit_code"):
             error.show()
             return error.exit_code
+        if isinstance(error, OSError):
+            return _os_error(error)
         raise
     return 0
+
+
+def _os_error(error: OSError) -> int:
+    where = f" ({error.filename})" if error.filename else ""
+    typer.echo(f"hooklab: error: {error.strerror or error}{where}.", err=True)
+    return 2
 
 
 if __name__ == "__main__":

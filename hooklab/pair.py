@@ -8,7 +8,12 @@ from typing import Any
 
 import torch
 
-from hooklab.architectures import ArchitectureSpec, spec_for_architecture, spec_for_config
+from hooklab.architectures import (
+    ArchitectureSpec,
+    hf_text_config,
+    spec_for_architecture,
+    spec_for_config,
+)
 from hooklab.catalog import paper_pair
 from hooklab.compatibility import CompatibilityReport, check_compatibility
 from hooklab.errors import HooklabError
@@ -22,7 +27,7 @@ from hooklab.loading import (
     resolve_source,
 )
 
-__all__ = ["ModelPair", "load_pair", "embedded_pair_folder", "TINY_PAIR"]
+__all__ = ["ModelPair", "PairCheck", "check_pair", "load_pair", "embedded_pair_folder", "TINY_PAIR"]
 
 #: Name of the embedded demo pair (``data/tiny-pair``), a small Llama-family model genuinely
 #: pretrained and instruction-tuned by ``python -m hooklab.synthetic.demo_pair``.
@@ -122,6 +127,98 @@ def _with_commit(source: CheckpointSource, config: Any) -> CheckpointSource:
     return CheckpointSource(source.name_or_path, source.revision, False, commit)
 
 
+@dataclass(frozen=True)
+class PairCheck:
+    """What :func:`check_pair` found before any weights load (configs, tokenizers, checks)."""
+
+    pt_source: CheckpointSource
+    it_source: CheckpointSource
+    pt_config: Any
+    it_config: Any
+    tokenizer: Any
+    spec: ArchitectureSpec
+    dtype: torch.dtype
+    devices: dict[str, str]
+    device: str
+    report: CompatibilityReport
+
+    @property
+    def n_layers(self) -> int:
+        return int(hf_text_config(self.pt_config).num_hidden_layers)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(hf_text_config(self.pt_config).vocab_size)
+
+
+def check_pair(
+    name: str | None = None,
+    *,
+    pt: str | Path | None = None,
+    it: str | Path | None = None,
+    pt_revision: str | None = None,
+    it_revision: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    offload: str | None = None,
+) -> PairCheck:
+    """Every check :func:`load_pair` makes before loading weights (arguments as there):
+    dtype, device, offload, both sources, configs, families, tokenizers, compatibility.
+
+    Raises:
+        HooklabError: as :func:`load_pair`.
+    """
+    if name is not None:
+        if pt is not None or it is not None:
+            raise HooklabError(
+                f"load_pair got name={name!r} and pt/it as well; pass a pair name or pt=... and "
+                "it=..., not both."
+            )
+        if name.strip().lower() == TINY_PAIR:
+            pt, it = (str(embedded_pair_folder() / side) for side in ("pt", "it"))
+        else:
+            entry = paper_pair(name)
+            pt, it = entry.pt, entry.it
+    if pt is None or it is None:
+        missing = " and ".join(arg for arg, value in (("pt", pt), ("it", it)) if value is None)
+        raise HooklabError(
+            f"load_pair needs {missing}: pass a pair name (e.g. load_pair('gemma3-4b')) or both "
+            "pt=... and it=... (hub ids or local folders)."
+        )
+    torch_dtype = parse_dtype(dtype)
+    device_name = resolve_device(device)
+    if offload not in (None, "pt", "it"):
+        raise HooklabError(
+            f"offload={offload!r}: use 'pt' or 'it' (the side kept on the CPU), or leave it out."
+        )
+    devices = {"pt": device_name, "it": device_name}
+    if offload is not None:
+        devices[offload] = "cpu"
+    pt_source = resolve_source(pt, pt_revision, argument="pt")
+    it_source = resolve_source(it, it_revision, argument="it")
+    pt_config = load_config(pt_source, trust_remote_code=trust_remote_code, argument="pt")
+    it_config = load_config(it_source, trust_remote_code=trust_remote_code, argument="it")
+    spec = spec_for_config(pt_config)
+    spec_for_config(it_config)
+    pt_tokenizer = load_tokenizer(pt_source, trust_remote_code=trust_remote_code, argument="pt")
+    it_tokenizer = load_tokenizer(it_source, trust_remote_code=trust_remote_code, argument="it")
+    report = check_compatibility(pt_config, it_config, pt_tokenizer, it_tokenizer)
+    report.raise_if_incompatible(str(pt), str(it))
+    return PairCheck(
+        pt_source=pt_source,
+        it_source=it_source,
+        pt_config=pt_config,
+        it_config=it_config,
+        tokenizer=it_tokenizer,
+        spec=spec,
+        dtype=torch_dtype,
+        devices=devices,
+        device=device_name,
+        report=report,
+    )
+
+
 def load_pair(
     name: str | None = None,
     *,
@@ -162,61 +259,36 @@ def load_pair(
         >>> pair = load_pair(pt="ckpt/pt", it="ckpt/it")  # doctest: +SKIP
         >>> pair = load_pair("gemma3-4b", dtype="bfloat16")  # doctest: +SKIP
     """
-    if name is not None:
-        if pt is not None or it is not None:
-            raise HooklabError(
-                f"load_pair got name={name!r} and pt/it as well; pass a pair name or pt=... and "
-                "it=..., not both."
-            )
-        if name.strip().lower() == TINY_PAIR:
-            pt, it = (str(embedded_pair_folder() / side) for side in ("pt", "it"))
-        else:
-            entry = paper_pair(name)
-            pt, it = entry.pt, entry.it
-    if pt is None or it is None:
-        missing = " and ".join(arg for arg, value in (("pt", pt), ("it", it)) if value is None)
-        raise HooklabError(
-            f"load_pair needs {missing}: pass a pair name (e.g. load_pair('gemma3-4b')) or both "
-            "pt=... and it=... (hub ids or local folders)."
-        )
-    torch_dtype = parse_dtype(dtype)
-    device_name = resolve_device(device)
-    if offload not in (None, "pt", "it"):
-        raise HooklabError(
-            f"offload={offload!r}: use 'pt' or 'it' (the side kept on the CPU), or leave it out."
-        )
-    devices = {"pt": device_name, "it": device_name}
-    if offload is not None:
-        devices[offload] = "cpu"
-    pt_source = resolve_source(pt, pt_revision, argument="pt")
-    it_source = resolve_source(it, it_revision, argument="it")
-    pt_config = load_config(pt_source, trust_remote_code=trust_remote_code, argument="pt")
-    it_config = load_config(it_source, trust_remote_code=trust_remote_code, argument="it")
-    spec = spec_for_config(pt_config)
-    spec_for_config(it_config)
-    pt_tokenizer = load_tokenizer(pt_source, trust_remote_code=trust_remote_code, argument="pt")
-    it_tokenizer = load_tokenizer(it_source, trust_remote_code=trust_remote_code, argument="it")
-    report = check_compatibility(pt_config, it_config, pt_tokenizer, it_tokenizer)
-    report.raise_if_incompatible(str(pt), str(it))
+    checked = check_pair(
+        name,
+        pt=pt,
+        it=it,
+        pt_revision=pt_revision,
+        it_revision=it_revision,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        offload=offload,
+    )
     models = {
         side: boot_bridge(
             source,
-            tokenizer=it_tokenizer,
-            dtype=torch_dtype,
-            device=devices[side],
+            tokenizer=checked.tokenizer,
+            dtype=checked.dtype,
+            device=checked.devices[side],
             trust_remote_code=trust_remote_code,
             argument=side,
         )
-        for side, source in (("pt", pt_source), ("it", it_source))
+        for side, source in (("pt", checked.pt_source), ("it", checked.it_source))
     }
     return ModelPair(
         pt=models["pt"],
         it=models["it"],
-        tokenizer=it_tokenizer,
-        family=spec.family,
-        pt_source=_with_commit(pt_source, pt_config),
-        it_source=_with_commit(it_source, it_config),
-        dtype=torch_dtype,
-        device=device_name,
-        compatibility=report,
+        tokenizer=checked.tokenizer,
+        family=checked.spec.family,
+        pt_source=_with_commit(checked.pt_source, checked.pt_config),
+        it_source=_with_commit(checked.it_source, checked.it_config),
+        dtype=checked.dtype,
+        device=checked.device,
+        compatibility=checked.report,
     )

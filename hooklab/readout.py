@@ -7,20 +7,22 @@ section 4; ``hooklab readout`` on the command line writes it with its manifest a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from hooklab.conditions import ReadSequence, build_sequences, check_conditions, pad_batch
+from hooklab.config import Config
 from hooklab.errors import HooklabError
 from hooklab.lens import Lens, LogitLens, TunedLens
 from hooklab.metrics import Workspace
 from hooklab.prompts import Prompt
 from hooklab.stream import read_lens
 from hooklab.tables import readout_frame
+from hooklab.types import Condition
 
 __all__ = [
     "ReadoutConfig",
@@ -32,25 +34,25 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ReadoutConfig:
-    """What a readout run does.
+class ReadoutConfig(Config):
+    """What a readout run does (also the ``[readout]`` TOML section and ``hooklab readout``)."""
 
-    Attributes:
-        conditions: any of ``native``, ``same_history``, ``template_replay``.
-        lens: ``"logit"`` or ``"tuned:DIR"`` (``DIR/pt`` and ``DIR/it`` hold the two lenses).
-        max_new_tokens: length cap of greedy continuations.
-        batch_size: sequences per forward pass.
-        seed: seed of the bootstrap summaries.
-        chunk_rows: positions decoded at once (``None``: automatic, ~64 MB per buffer).
-    """
+    section: ClassVar[str] = "readout"
 
-    conditions: tuple[str, ...] = ("native",)
+    conditions: tuple[Condition, ...] = ("native",)
+    """Conditions: native, same_history, template_replay (comma-separated for several)."""
     lens: str = "logit"
+    """'logit', or 'tuned:DIR' where DIR/pt and DIR/it hold tuned lenses."""
     max_new_tokens: int = 32
+    """Length cap of the greedy continuations."""
     batch_size: int = 8
+    """Sequences per forward pass."""
     seed: int = 0
+    """Seed of the bootstrap summaries."""
     chunk_rows: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Positions decoded at once (default: automatic, about 64 MB per buffer)."""
+    late_start_depth: float = 0.75
+    """First depth (layer / (L - 1)) of the late region; the final layer is never in it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(check_conditions(list(self.conditions))))
@@ -59,9 +61,12 @@ class ReadoutConfig:
             raise HooklabError(f"batch_size={self.batch_size} must be at least 1.")
         if self.max_new_tokens < 1:
             raise HooklabError(f"max_new_tokens={self.max_new_tokens} must be at least 1.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise HooklabError(f"chunk_rows={self.chunk_rows} must be at least 1 (or unset).")
+        if not 0.0 < self.late_start_depth <= 1.0:
+            raise HooklabError(
+                f"late_start_depth={self.late_start_depth}: use a depth in (0, 1], e.g. 0.75."
+            )
 
 
 def parse_lens_spec(spec: str) -> tuple[str, Path | None]:
@@ -96,15 +101,25 @@ def run_readout(
     config: ReadoutConfig | None = None,
     *,
     lenses: dict[str, Lens] | None = None,
+    sequences: Sequence[ReadSequence] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Lens metrics of both models at every read position and layer, as one long table."""
+    """Lens metrics of both models at every read position and layer, as one long table.
+
+    ``sequences`` (from :func:`~hooklab.conditions.build_sequences`) are built here when not
+    given; pass them to keep them (a run saves them beside its table).
+    """
     config = config or ReadoutConfig()
     lenses = lenses or load_lenses(pair, config.lens)
     lens_name = parse_lens_spec(config.lens)[0]
-    sequences = build_sequences(
-        pair, prompts, config.conditions, max_new_tokens=config.max_new_tokens, progress=progress
-    )
+    if sequences is None:
+        sequences = build_sequences(
+            pair,
+            prompts,
+            config.conditions,
+            max_new_tokens=config.max_new_tokens,
+            progress=progress,
+        )
     categories = {p.id: p.category for p in prompts}
     pad_id = pair.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
@@ -141,8 +156,11 @@ def run_readout(
     return frame
 
 
-def write_readout_summaries(frame: pd.DataFrame, out: Path, *, seed: int = 0) -> None:
+def write_readout_summaries(
+    frame: pd.DataFrame, out: Path, *, seed: int = 0, late_start_depth: float = 0.75
+) -> list[Path]:
     """The summary CSVs of a readout table: per layer, per depth bin, gap, commitment."""
+    from hooklab.atomic import atomic_write_csv
     from hooklab.summaries import (
         commitment_layers,
         commitment_summary,
@@ -152,9 +170,10 @@ def write_readout_summaries(frame: pd.DataFrame, out: Path, *, seed: int = 0) ->
     )
 
     out = Path(out)
-    layer_summary(frame, seed=seed).to_csv(out / "summary_layers.csv", index=False)
-    depth_summary(frame, seed=seed).to_csv(out / "summary_depth.csv", index=False)
-    convergence_gap(frame, seed=seed).to_csv(out / "convergence_gap.csv", index=False)
-    commitment_summary(commitment_layers(frame), seed=seed).to_csv(
-        out / "commitment.csv", index=False
-    )
+    tables = {
+        "summary_layers.csv": layer_summary(frame, seed=seed),
+        "summary_depth.csv": depth_summary(frame, seed=seed),
+        "convergence_gap.csv": convergence_gap(frame, seed=seed),  # LATE_START_DEPTH
+        "commitment.csv": commitment_summary(commitment_layers(frame), seed=seed),
+    }
+    return [atomic_write_csv(out / name, table) for name, table in tables.items()]

@@ -163,16 +163,16 @@ def test_ray_executor_on_a_local_cpu_cluster(tiny, reference, tmp_path):
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tiny, reference, tmp_path, monkeypatch):
-    import hooklab.readout
+    import hooklab.experiments.readout
 
-    real = hooklab.readout.run_readout
+    real = hooklab.experiments.readout.run_readout
 
     def tight(pair, prompts, config, **kwargs):
         if config.batch_size > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(pair, prompts, config, **kwargs)
 
-    monkeypatch.setattr(hooklab.readout, "run_readout", tight)
+    monkeypatch.setattr(hooklab.experiments.readout, "run_readout", tight)
     spec = load_spec(_write_spec(tmp_path / "spec.toml", tiny, tmp_path / "out"))
     path = run_spec(spec, progress=False)
     marker = json.loads((tmp_path / "out" / "parts" / "part-00000.json").read_text())
@@ -252,7 +252,7 @@ def test_cli_write_spec_dry_run_run_and_info(tiny, tmp_path, capsys):
     out = tmp_path / "graft"
     assert main(["graft", "--out", str(out), *args, "--write-spec", str(tmp_path / "g.toml")]) == 0
     spec = load_spec(tmp_path / "g.toml")
-    assert spec.experiment == "graft" and spec.graft["windows"] == "late"
+    assert spec.experiment == "graft" and spec.config.windows == "late"
     capsys.readouterr()
     assert main(["run", str(tmp_path / "g.toml"), "--dry-run"]) == 0
     plan = capsys.readouterr().out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -89,10 +91,14 @@ def layer_effects(
     return out
 
 
-def write_graft_summaries(table: pd.DataFrame, out, *, seed: int = 0) -> None:
+def write_graft_summaries(
+    table: pd.DataFrame, out: Path, *, seed: int = 0, late_start_depth: float = 0.75
+) -> list[Path]:
     """``effects.csv`` (late-region effects with CIs) and ``layer_effects.csv``."""
-    from pathlib import Path
+    from hooklab.atomic import atomic_write_csv
 
     out = Path(out)
-    graft_effects(table, seed=seed).to_csv(out / "effects.csv", index=False)
-    layer_effects(table, seed=seed).to_csv(out / "layer_effects.csv", index=False)
+    return [
+        atomic_write_csv(out / "effects.csv", graft_effects(table, seed=seed)),  # LATE_START_DEPTH
+        atomic_write_csv(out / "layer_effects.csv", layer_effects(table, seed=seed)),
+    ]

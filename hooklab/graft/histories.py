@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from hooklab.atomic import atomic_write_text
-from hooklab.conditions import build_sequences
+from hooklab.conditions import ReadSequence, build_sequences
 from hooklab.errors import HooklabError
 from hooklab.prompts import Prompt
 
-__all__ = ["History", "make_histories", "save_histories", "load_histories"]
+__all__ = [
+    "History",
+    "make_histories",
+    "save_histories",
+    "load_histories",
+    "check_histories",
+    "save_sequences",
+]
 
 HISTORIES_FILE = "histories.jsonl"
+SEQUENCES_DIR = "sequences"
+#: conditions whose IT sequence is the shared history (IT template + IT greedy response)
+HISTORY_CONDITIONS = ("same_history", "native")
 
 
 @dataclass(frozen=True)
@@ -59,31 +69,113 @@ def save_histories(
     return atomic_write_text(Path(folder) / name, "\n".join(lines) + "\n")
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise HooklabError(f"histories: cannot read {path} ({error}).") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records.append(
+                {
+                    "prompt_id": str(record["prompt_id"]),
+                    "tokens": tuple(int(t) for t in record["tokens"]),
+                    "read_from": int(record["read_from"]),
+                    "read_to": int(record["read_to"]),
+                    "model": record.get("model", "it"),
+                    "condition": record.get("condition", "same_history"),
+                }
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise HooklabError(
+                f"histories: {path} line {number} is not a saved history ({error!r}); "
+                "pass the histories folder of a finished hooklab run, or regenerate them."
+            ) from None
+    return records
+
+
 def load_histories(folder: str | Path) -> list[History]:
-    """Histories saved by :func:`save_histories`: ``histories.jsonl``, or a run's per-part
-    ``part-*.jsonl`` files in order."""
+    """Histories saved by a run: ``histories.jsonl``, a graft run's ``part-*.jsonl`` files,
+    or a readout run's saved sequences (IT's same-history or native sequences, which are
+    the same tokens: IT's chat template and its greedy response)."""
     folder = Path(folder)
     if (folder / HISTORIES_FILE).is_file():
         paths = [folder / HISTORIES_FILE]
+    elif (folder / "histories").is_dir():
+        paths = sorted((folder / "histories").glob("part-*.jsonl"))
+    elif (folder / SEQUENCES_DIR).is_dir():
+        paths = sorted((folder / SEQUENCES_DIR).glob("part-*.jsonl"))
     else:
         paths = sorted(folder.glob("part-*.jsonl"))
     if not paths:
         raise HooklabError(
-            f"histories={str(folder)!r}: no {HISTORIES_FILE} there; pass the "
-            "histories folder of an earlier graft run."
+            f"histories={str(folder)!r}: no {HISTORIES_FILE}, histories/ or {SEQUENCES_DIR}/ "
+            "there; pass the folder of an earlier graft or readout run."
         )
-    out = []
+    chosen: dict[str, History] = {}
     for path in paths:
-        for line in path.read_text().splitlines():
-            if not line.strip():
+        for record in _read_jsonl(path):
+            if record["model"] != "it" or record["condition"] not in HISTORY_CONDITIONS:
                 continue
-            record = json.loads(line)
-            out.append(
-                History(
-                    record["prompt_id"],
-                    tuple(record["tokens"]),
-                    record["read_from"],
-                    record["read_to"],
-                )
+            history = History(
+                record["prompt_id"], record["tokens"], record["read_from"], record["read_to"]
             )
-    return out
+            if record["condition"] == "same_history" or history.prompt_id not in chosen:
+                chosen[history.prompt_id] = history
+    return list(chosen.values())
+
+
+def check_histories(
+    histories: Sequence[History], prompt_ids: Sequence[str], *, vocab_size: int | None
+) -> dict[str, History]:
+    """Every prompt's history, checked (ids in the vocabulary, a non-empty read span).
+
+    Raises:
+        HooklabError: naming the prompts without a history, or the first bad history.
+    """
+    by_id = {h.prompt_id: h for h in histories}
+    missing = [p for p in prompt_ids if p not in by_id]
+    if missing:
+        raise HooklabError(
+            f"histories: {len(missing)} of {len(prompt_ids)} prompts have no saved history "
+            f"({', '.join(missing[:5])}{'…' if len(missing) > 5 else ''}); use the histories "
+            "of a run over the same prompts, or leave histories out to generate them."
+        )
+    for prompt_id in prompt_ids:
+        history = by_id[prompt_id]
+        n = len(history.tokens)
+        if not 0 <= history.read_from < history.read_to <= n:
+            raise HooklabError(
+                f"histories: prompt {prompt_id!r} reads positions {history.read_from}.."
+                f"{history.read_to} of a {n}-token history: the file is damaged; regenerate it."
+            )
+        if vocab_size is not None and any(not 0 <= t < vocab_size for t in history.tokens):
+            bad = next(t for t in history.tokens if not 0 <= t < vocab_size)
+            raise HooklabError(
+                f"histories: prompt {prompt_id!r} has token id {bad}, outside this pair's "
+                f"vocabulary of {vocab_size}: these histories come from another model."
+            )
+    return by_id
+
+
+def save_sequences(sequences: Sequence[ReadSequence], folder: str | Path, name: str) -> Path:
+    """Write a readout's full token sequences (every condition and side) as JSONL, so that
+    every row of its table can be re-derived and its IT responses reused as histories."""
+    lines = [
+        json.dumps(
+            {
+                "prompt_id": s.prompt_id,
+                "condition": s.condition,
+                "model": s.model,
+                "tokens": list(s.tokens),
+                "read_from": s.read_from,
+                "read_to": s.read_to,
+            }
+        )
+        for s in sequences
+    ]
+    return atomic_write_text(Path(folder) / name, "\n".join(lines) + "\n")

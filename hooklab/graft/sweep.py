@@ -10,8 +10,8 @@ same numbers and exists for checks and benchmarks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooklab.conditions import pad_batch
+from hooklab.config import Config
 from hooklab.errors import HooklabError
 from hooklab.forward import ResidualStream, residual_stream, resume_residual_stream
 from hooklab.graft.engine import DIRECTIONS, MODES, graft_hooks, mlp_out_hooks
@@ -28,6 +29,7 @@ from hooklab.lens import Lens
 from hooklab.metrics import METRIC_NAMES, Workspace
 from hooklab.moe import check_parts
 from hooklab.stream import LensReadout, read_variants
+from hooklab.types import Direction, Mode, MoEPart, Router
 
 __all__ = ["GraftConfig", "run_graft", "GRAFT_METRICS"]
 
@@ -39,44 +41,57 @@ GRAFT_METRICS = METRIC_NAMES
 
 
 @dataclass(frozen=True)
-class GraftConfig:
-    """What a graft sweep does.
+class GraftConfig(Config):
+    """What a graft sweep does (also the ``[graft]`` TOML section and ``hooklab graft``).
 
-    Attributes:
-        directions: any of ``it-to-pt`` (graft), ``pt-to-it`` (swap), ``self-pt``, ``self-it``.
-        windows: window spec (see :data:`hooklab.graft.windows.WINDOW_HELP`).
-        modes: any of ``module``, ``splice``, ``random``.
-        parts: in MoE blocks, what comes from the donor: ``mlp`` (whole path), ``moe``,
-            ``shared`` or ``routed`` experts (module and random modes only).
-        router: for routed-expert grafts, whose router picks the experts (``host``, ``donor``).
-        lens: ``"logit"`` or ``"tuned:DIR"``.
-        max_new_tokens: length cap of IT's greedy responses (the shared histories).
-        batch_size: histories per forward pass.
-        seed: seed of the random control and of the bootstrap summaries.
+    The defaults are the paper's symmetric design: the graft and the swap, each with the
+    norm-matched random control, over late / mid / early windows.
     """
 
-    directions: tuple[str, ...] = ("it-to-pt",)
+    section: ClassVar[str] = "graft"
+
+    directions: tuple[Direction, ...] = ("it-to-pt", "pt-to-it")
+    """it-to-pt (graft), pt-to-it (swap), both, self-pt, self-it (no-op checks); comma-separated."""
     windows: str = "late,mid,early"
-    modes: tuple[str, ...] = ("module",)
-    parts: tuple[str, ...] = ("mlp",)
-    router: str = "host"
+    """Windows: late,mid,early | last25 | all | a:b,... | sliding:W[:S]."""
+    modes: tuple[Mode, ...] = ("module", "random")
+    """module (donor MLP path on the host's residual), splice, random (norm-matched control)."""
+    parts: tuple[MoEPart, ...] = ("mlp",)
+    """MoE models: what comes from the donor: mlp, moe, shared, routed."""
+    router: Router = "host"
+    """Routed-expert grafts: whose router picks the experts (host, donor)."""
     lens: str = "logit"
+    """'logit', or 'tuned:DIR' where DIR/pt and DIR/it hold tuned lenses."""
     max_new_tokens: int = 32
+    """Length cap of IT's greedy responses (the shared histories)."""
     batch_size: int = 8
+    """Histories per forward pass."""
     seed: int = 0
+    """Seed of the random control and of the bootstrap summaries."""
+    late_start_depth: float = 0.75
+    """First depth (layer / (L - 1)) of the late region; the final layer is never in it."""
 
     def __post_init__(self) -> None:
+        directions = list(self.directions)
+        if "both" in directions:
+            at = directions.index("both")
+            directions[at : at + 1] = ["it-to-pt", "pt-to-it"]
+        object.__setattr__(self, "directions", tuple(dict.fromkeys(directions)))
         bad = [d for d in self.directions if d not in DIRECTIONS]
         if bad or not self.directions:
             raise HooklabError(
                 f"direction={','.join(self.directions)}: accepted directions are "
-                f"{', '.join(DIRECTIONS)} (or 'both' on the command line)."
+                f"{', '.join(DIRECTIONS)} and both."
             )
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise HooklabError(
                 f"mode={','.join(self.modes)}: accepted modes are {', '.join(MODES)}."
             )
+        if self.batch_size < 1:
+            raise HooklabError(f"batch_size={self.batch_size} must be at least 1.")
+        if self.max_new_tokens < 1:
+            raise HooklabError(f"max_new_tokens={self.max_new_tokens} must be at least 1.")
         check_parts(list(self.parts))
         if self.router not in ("host", "donor"):
             raise HooklabError(f"router={self.router!r}: use 'host' or 'donor'.")
@@ -85,11 +100,6 @@ class GraftConfig:
                 "expert-level parts need modes 'module' or 'random': splice "
                 "copies the donor's whole hook_mlp_out."
             )
-        if self.batch_size < 1:
-            raise HooklabError(f"batch_size={self.batch_size} must be at least 1.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _per_prompt(readout: LensReadout) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
+from hooklab.experiment import PartInput, PlanEstimate
 from hooklab.prompts import prompt_set_hash
 from hooklab.runs.spec import RunSpec, load_spec
 from hooklab.runs.storage import Part, PartStore, plan_parts, select_shard
@@ -34,60 +35,82 @@ class RunPlan:
     n_layers: int
     n_prompts: int
     parts: list[Part]
-    forward_passes: int
-    rows: int
+    estimate: PlanEstimate
+
+    @property
+    def forward_passes(self) -> int:
+        return self.estimate.forward_passes
+
+    @property
+    def rows(self) -> int:
+        return self.estimate.rows
 
     def describe(self) -> str:
-        megabytes = self.rows * 60 / 2**20  # ~60 bytes per row in Parquet, measured on tiny runs
         return (
             f"{self.spec.experiment} run -> {self.spec.out}\n"
             f"  {self.n_prompts} prompts in {len(self.parts)} parts of up to "
             f"{self.spec.execution.part_size}, {self.spec.execution.shards} shard(s), "
             f"executor {self.spec.execution.executor}\n"
             f"  model: {self.n_layers} layers; about {self.forward_passes} forward passes "
-            f"(sequences x passes), {self.rows:,} table rows, ~{megabytes:.1f} MB"
+            f"(sequences x passes), {self.rows:,} table rows, ~{self.estimate.megabytes:.1f} MB"
         )
 
 
 def plan_run(spec: RunSpec) -> RunPlan:
-    """Validate ``spec`` (no weights loaded) and estimate its work."""
+    """Validate ``spec`` (no weights loaded, nothing written) and estimate its work."""
     n_layers = spec.validate()
-    config = spec.experiment_config()
     prompts = spec.prompts.load()
     parts = plan_parts([p.id for p in prompts], spec.execution.part_size)
-    n = len(prompts)
-    if spec.experiment == "readout":
-        generating = 2 if "native" in config.conditions else 1
-        passes = n * (generating * config.max_new_tokens + 2 * len(config.conditions))
-        rows = n * 2 * len(config.conditions) * config.max_new_tokens * n_layers
-    else:
-        from hooklab.graft.windows import parse_windows
-
-        n_windows = len(parse_windows(config.windows, n_layers))
-        variants = len(config.modes) * len(config.parts) * n_windows
-        passes = n * (config.max_new_tokens + 2 + len(config.directions) * variants)
-        rows = n * len(config.directions) * (1 + variants) * n_layers
-    return RunPlan(spec, n_layers, n, parts, passes, rows)
+    estimate = spec.kind.plan(spec.experiment_config(), len(prompts), n_layers)
+    return RunPlan(spec, n_layers, len(prompts), parts, estimate)
 
 
-def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> None:
-    out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
-    what = {
+def _run_identity(spec: RunSpec, prompts: list) -> dict[str, Any]:
+    return {
         "experiment": spec.experiment,
-        "pair": dataclasses.asdict(spec.pair),
-        "prompts": dataclasses.asdict(spec.prompts),
+        "pair": spec.pair.to_dict(),
+        "prompts": spec.prompts.to_dict(),
         "config": spec.experiment_config().to_dict(),
         "histories": spec.histories,
         "part_size": spec.execution.part_size,
         "prompt_set_hash": prompt_set_hash(prompts),
     }
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"]
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse to write into a folder that is neither empty nor a hooklab run."""
+    if out.exists() and not out.is_dir():
+        raise HooklabError(f"out={str(out)!r} is a file; name a folder for the run.")
+    if out.is_dir() and not (out / RUN_FILE).is_file():
+        stray = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if stray:
+            raise HooklabError(
+                f"out={str(out)!r} is not empty and holds no hooklab run ({', '.join(stray[:3])}"
+                f"{'…' if len(stray) > 3 else ''}): choose a new or empty folder."
+            )
+
+
+def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> None:
+    out = Path(spec.out)
+    _check_out_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    what = _run_identity(spec, prompts)
     path = out / RUN_FILE
     if path.is_file():
-        previous = json.loads(path.read_text())
-        if json.loads(json.dumps(previous["run"])) != json.loads(json.dumps(what)):
+        previous = _read_json(path)["run"]
+        differences = _differences(json.loads(json.dumps(previous)), json.loads(json.dumps(what)))
+        if differences:
             raise HooklabError(
-                f"{out} already holds a different run (its {RUN_FILE} differs from this spec); "
+                f"{out} already holds a different run ({'; '.join(differences[:4])}); "
                 "resume with the same spec, or choose another out folder."
             )
         if not (out / SPEC_FILE).is_file():  # written first, but be robust to older folders
@@ -100,44 +123,40 @@ def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> Non
     atomic_write_text(path, json.dumps(payload, indent=2, default=list))
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HooklabError(
+            f"{path} is damaged ({error}); if the run folder was being written when it broke, "
+            "delete the folder and run again."
+        ) from None
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def _run_part(
-    spec: RunSpec, pair: Any, lenses: dict, prompts: list, config: Any, part: Part
-) -> tuple[pd.DataFrame, int]:
+def _run_part(spec: RunSpec, pair: Any, context: Any, prompts: list, part: Part):
     """The rows of one part; on out-of-memory the batch is halved and the part retried."""
-    batch_size = config.batch_size
+    kind = spec.kind
+    config = spec.experiment_config()
+    batch_size = getattr(config, "batch_size", 1)
     while True:
         try:
-            current = dataclasses.replace(config, batch_size=batch_size)
-            if spec.experiment == "readout":
-                from hooklab.readout import run_readout
-
-                return run_readout(
-                    pair, prompts, current, lenses=lenses, progress=False
-                ), batch_size
-            from hooklab.graft.histories import load_histories, make_histories, save_histories
-            from hooklab.graft.sweep import run_graft
-
-            if spec.histories is not None:
-                wanted = {p.id for p in prompts}
-                histories = [h for h in load_histories(spec.histories) if h.prompt_id in wanted]
-            else:
-                histories = make_histories(
-                    pair, prompts, max_new_tokens=current.max_new_tokens, progress=False
+            current = kind.with_batch_size(config, batch_size)
+            frame = kind.run_part(
+                PartInput(
+                    pair=pair,
+                    config=current,
+                    prompts=prompts,
+                    context=context,
+                    out=Path(spec.out),
+                    part_name=part.name,
+                    histories=None if spec.histories is None else Path(spec.histories),
                 )
-                save_histories(histories, Path(spec.out) / "histories", f"{part.name}.jsonl")
-            frame = run_graft(
-                pair,
-                histories,
-                current,
-                lenses=lenses,
-                categories={p.id: p.category for p in prompts},
-                progress=False,
             )
             return frame, batch_size
         except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
@@ -157,8 +176,6 @@ def run_shard(
     spec: RunSpec, shard: tuple[int, int] = (0, 1), *, progress: bool = True
 ) -> list[str]:
     """Run the unfinished parts of one shard; returns the names of the parts it wrote."""
-    from hooklab.readout import load_lenses
-
     plan = plan_run(spec)
     prompts = spec.prompts.load()
     _check_or_write_run_file(spec, plan, prompts)
@@ -168,19 +185,15 @@ def run_shard(
     if not todo:
         return []
     pair = spec.pair.load()
-    config = spec.experiment_config()
-    lenses = load_lenses(pair, config.lens)
-    loaded = {
-        "pair": pair.describe(),
-        "lenses": {side: lens.describe() for side, lens in lenses.items()},
-    }
+    context = spec.kind.prepare(pair, spec.experiment_config())
+    loaded = {"pair": pair.describe(), **spec.kind.describe_context(context)}
     atomic_write_text(Path(spec.out) / LOADED_FILE, json.dumps(loaded, indent=2, default=str))
     by_id = {p.id: p for p in prompts}
     written = []
     for part in tqdm(todo, desc=f"shard {shard[0]}/{shard[1]}", disable=not progress, unit="part"):
         started = time.time()
         frame, batch_size = _run_part(
-            spec, pair, lenses, [by_id[i] for i in part.prompt_ids], config, part
+            spec, pair, context, [by_id[i] for i in part.prompt_ids], part
         )
         store.write(
             part,
@@ -201,9 +214,10 @@ def run_shard(
 def _ray_shard(spec_toml: str, out: str, shard: tuple[int, int]) -> list[str]:
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as handle:
-        handle.write(spec_toml)
-    spec = load_spec(handle.name, out=out)
+    with tempfile.TemporaryDirectory(prefix="hooklab-shard-") as folder:
+        path = Path(folder) / SPEC_FILE
+        path.write_text(spec_toml)
+        spec = load_spec(path, out=out)
     return run_shard(spec, shard, progress=False)
 
 
@@ -254,7 +268,7 @@ def merge_run(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if not (out / RUN_FILE).is_file():
         raise HooklabError(f"{out} holds no {RUN_FILE}: it is not a hooklab run folder.")
-    run = json.loads((out / RUN_FILE).read_text())
+    run = _read_json(out / RUN_FILE)
     store = PartStore(out)
     parts = [Part(p["index"], tuple(p["prompt_ids"])) for p in run["parts"]]
     missing = [p.name for p in parts if not store.is_done(p)]
@@ -269,20 +283,14 @@ def merge_run(out_dir: str | Path) -> Path:
         if frame[column].dtype == object:
             frame[column] = frame[column].astype("category")
     spec = load_spec(out / SPEC_FILE, out=str(out))
+    kind = spec.kind
+    # summaries first, the table and its manifest last: a merge that breaks half way (disk
+    # full) leaves no manifest, so the folder never looks finished
+    for stale in ("manifest.json",):
+        (out / stale).unlink(missing_ok=True)
+    kind.summarise(frame, out, spec.experiment_config())
     manifest = _manifest(spec, run, [store.marker(p) for p in parts])
-    experiment = run["run"]["experiment"]
-    name = "readout" if experiment == "readout" else "graft"
-    path = write_table(frame, out, name, manifest)
-    seed = spec.seed
-    if experiment == "readout":
-        from hooklab.readout import write_readout_summaries
-
-        write_readout_summaries(frame, out, seed=seed)
-    else:
-        from hooklab.graft.effects import write_graft_summaries
-
-        write_graft_summaries(frame, out, seed=seed)
-    return path
+    return write_table(frame, out, kind.table, manifest)
 
 
 def _manifest(spec: RunSpec, run: dict, markers: list) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Run specs: a run is a TOML file naming the pair, prompts, experiment settings and execution.
 
-Every key is validated before any model loads; an unknown key, an unknown pair, a bad
-condition or a window outside the model is refused with the key and the accepted values.
+Every key is validated before anything is written or any model loads: an unknown key, a value
+of the wrong type, an unknown pair, dtype or device, a pair whose two sides cannot be compared,
+a bad condition, lens or window, an empty ``out`` are refused with the key and the accepted
+values. Relative paths in a spec file (``out``, ``histories``, ``prompts.source``, ``pair.pt`` /
+``pair.it`` folders, ``tuned:DIR`` lenses) are read relative to the spec file's folder.
 
 Example::
 
@@ -18,7 +21,7 @@ Example::
     source = "builtin"              # or a JSONL file
     limit = 40
 
-    [graft]
+    [graft]                         # the experiment's section: its config's fields
     directions = ["it-to-pt", "pt-to-it"]
     windows = "late,mid,early"
     modes = ["module", "random"]
@@ -34,97 +37,107 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from hooklab.config import Config
 from hooklab.errors import HooklabError
+from hooklab.experiment import Experiment, experiment_for_config, get_experiment
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["PairSpec", "PromptSpec", "ExecutionSpec", "RunSpec", "load_spec"]
-
-EXPERIMENTS = ("readout", "graft")
-
-
-def _build(cls: type, raw: Any, section: str) -> Any:
-    if not isinstance(raw, dict):
-        raise HooklabError(f"[{section}] must be a table of keys, got {raw!r}.")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise HooklabError(
-            f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)} in the run spec; "
-            f"[{section}] accepts: {', '.join(sorted(known))}."
-        )
-    values = {}
-    for f in fields(cls):
-        if f.name in raw:
-            value = raw[f.name]
-            if isinstance(value, list):
-                value = tuple(value)
-            values[f.name] = value
-    return cls(**values)
+__all__ = ["PairSpec", "PromptSpec", "ExecutionSpec", "RunSpec", "PairShape", "load_spec"]
 
 
 @dataclass(frozen=True)
-class PairSpec:
+class PairShape:
+    """What validation knows of a pair without its weights."""
+
+    n_layers: int
+    d_vocab: int | None
+
+
+@dataclass(frozen=True)
+class PairSpec(Config):
     """``[pair]``: a paper pair name or pt / it ids, revisions, dtype, device, offload."""
 
+    section: ClassVar[str] = "pair"
+
     name: str | None = None
+    """Paper pair short name (e.g. gemma3-4b), or 'tiny' for the embedded pair."""
     pt: str | None = None
+    """PT hub id or folder."""
     it: str | None = None
+    """IT hub id or folder."""
     pt_revision: str | None = None
+    """PT revision (branch, tag, commit)."""
     it_revision: str | None = None
+    """IT revision (branch, tag, commit)."""
     dtype: str = "float32"
+    """Model dtype: float32, bfloat16 or float16."""
     device: str | None = None
-    offload: str | None = None
+    """cpu, cuda, cuda:1 (default: cuda if any)."""
+    offload: Literal["pt", "it"] | None = None
+    """Keep this side in CPU memory (pt or it)."""
     trust_remote_code: bool = False
+    """Run modelling code shipped with a checkpoint."""
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def shape(self) -> PairShape:
+        """Every check made before weights load; the layer count and vocabulary size.
+
+        A paper pair by name is checked against the catalog (no hub access); a folder or hub
+        pair is checked as :func:`~hooklab.pair.load_pair` does before it loads weights.
+        """
+        from hooklab.catalog import paper_pair
+        from hooklab.loading import parse_dtype, resolve_device
+        from hooklab.pair import TINY_PAIR, check_pair
+
+        parse_dtype(self.dtype)
+        resolve_device(self.device)
+        if self.name is not None and self.name.strip().lower() != TINY_PAIR:
+            if self.pt is not None or self.it is not None:
+                raise HooklabError("[pair] takes name = '...' or pt / it, not both.")
+            entry = paper_pair(self.name)
+            return PairShape(int(entry.shape["num_hidden_layers"]), entry.shape.get("vocab_size"))
+        if self.name is None and (self.pt is None or self.it is None):
+            raise HooklabError("[pair] needs name = '...' or both pt = '...' and it = '...'.")
+        checked = check_pair(**self._kwargs())
+        return PairShape(checked.n_layers, checked.d_vocab)
 
     def n_layers(self) -> int:
         """The layer count, read from the catalog or the checkpoint's config (no weights)."""
-        from hooklab.architectures import hf_text_config
-        from hooklab.catalog import paper_pair
-        from hooklab.loading import load_config, resolve_source
-
-        if self.name is not None and self.name.strip().lower() == "tiny":
-            from hooklab.pair import embedded_pair_folder
-
-            config = json.loads((embedded_pair_folder() / "pt" / "config.json").read_text())
-            return int(config["num_hidden_layers"])
-        if self.name is not None:
-            return int(paper_pair(self.name).shape["num_hidden_layers"])
-        if self.pt is None or self.it is None:
-            raise HooklabError("[pair] needs name = '...' or both pt = '...' and it = '...'.")
-        source = resolve_source(self.pt, self.pt_revision, argument="pair.pt")
-        config = load_config(source, trust_remote_code=self.trust_remote_code, argument="pair.pt")
-        return int(hf_text_config(config).num_hidden_layers)
+        return self.shape().n_layers
 
     def load(self) -> Any:
         from hooklab.pair import load_pair
 
-        return load_pair(
-            self.name,
-            pt=self.pt,
-            it=self.it,
-            pt_revision=self.pt_revision,
-            it_revision=self.it_revision,
-            dtype=self.dtype,
-            device=self.device,
-            trust_remote_code=self.trust_remote_code,
-            offload=self.offload,
-        )
+        return load_pair(**self._kwargs())
 
 
 @dataclass(frozen=True)
-class PromptSpec:
+class PromptSpec(Config):
     """``[prompts]``: a JSONL file or ``builtin``, optionally the first ``limit`` prompts."""
 
+    section: ClassVar[str] = "prompts"
+
     source: str = "builtin"
+    """JSONL prompt file, or 'builtin'."""
     limit: int | None = None
+    """Use only the first N prompts (N >= 1)."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise HooklabError(
+                f"prompts.limit={self.limit}: use a number of prompts >= 1, or leave it out "
+                "for all of them."
+            )
 
     def load(self) -> list:
         from hooklab.prompts import load_prompts
@@ -134,83 +147,126 @@ class PromptSpec:
 
 
 @dataclass(frozen=True)
-class ExecutionSpec:
+class ExecutionSpec(Config):
     """``[execution]``: prompts per stored part, executor, shards, GPUs per shard."""
 
+    section: ClassVar[str] = "execution"
+
     part_size: int = 8
-    executor: str = "local"
+    """Prompts per stored part (the unit of resume)."""
+    executor: Literal["local", "ray"] = "local"
+    """Where shards run: local, or ray (one task per shard)."""
     shards: int = 1
+    """Number of shards the parts are dealt into."""
     num_gpus: float = 0
+    """GPUs per Ray task."""
     ray_address: str | None = None
+    """Ray cluster to join (default: a local one)."""
 
     def __post_init__(self) -> None:
         if self.executor not in ("local", "ray"):
             raise HooklabError(f"execution.executor={self.executor!r}: use 'local' or 'ray'.")
         if self.part_size < 1 or self.shards < 1:
             raise HooklabError("execution.part_size and execution.shards must be at least 1.")
+        if self.num_gpus < 0:
+            raise HooklabError(f"execution.num_gpus={self.num_gpus} must be >= 0.")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A whole run. ``readout`` / ``graft`` hold the experiment's settings (see
-    :class:`~hooklab.readout.ReadoutConfig` and :class:`~hooklab.graft.sweep.GraftConfig`)."""
+    """A whole run: one experiment (its typed ``config``) on one pair over a prompt set.
+
+    ``config`` defaults to the experiment's default config; ``seed`` (top level) is the
+    config's seed.
+    """
 
     experiment: str
     out: str
     pair: PairSpec
+    config: Config | None = None
     prompts: PromptSpec = field(default_factory=PromptSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
-    readout: dict[str, Any] = field(default_factory=dict)
-    graft: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     histories: str | None = None
 
-    def experiment_config(self) -> Any:
-        """The experiment's config object, validated."""
-        if self.experiment == "readout":
-            from hooklab.readout import ReadoutConfig
+    def __post_init__(self) -> None:
+        kind = get_experiment(self.experiment)
+        config = self.config if self.config is not None else kind.config_type()
+        if experiment_for_config(config) is not kind:
+            raise HooklabError(
+                f"experiment={self.experiment!r} was given a {type(config).__name__}; use "
+                f"{kind.config_type.__name__}."
+            )
+        if any(f.name == "seed" for f in fields(config)):  # type: ignore[arg-type]
+            config = replace(config, seed=self.seed)  # type: ignore[type-var]
+        object.__setattr__(self, "config", config)
+        if not str(self.out).strip():
+            raise HooklabError(
+                "out is empty: name the run's own folder (e.g. out = 'runs/gemma3-graft')."
+            )
+        if self.histories is not None and not kind.uses_histories:
+            raise HooklabError(
+                f"histories = ... applies to {', '.join(_history_users())} runs only."
+            )
 
-            return _build(ReadoutConfig, {**self.readout, "seed": self.seed}, "readout")
-        if self.readout:
-            raise HooklabError("[readout] settings given for a graft run; use [graft].")
-        from hooklab.graft.sweep import GraftConfig
+    @property
+    def kind(self) -> Experiment:
+        """The experiment object (from the registry)."""
+        return get_experiment(self.experiment)
 
-        return _build(GraftConfig, {**self.graft, "seed": self.seed}, "graft")
+    def experiment_config(self) -> Config:
+        """The experiment's config, validated."""
+        assert self.config is not None
+        return self.config
 
     def validate(self) -> int:
         """Check everything that can be checked without weights; returns the layer count."""
-        if self.histories is not None and self.experiment != "graft":
-            raise HooklabError("histories = ... applies to graft runs only.")
-        if self.experiment not in EXPERIMENTS:
-            raise HooklabError(f"experiment={self.experiment!r}: use one of {EXPERIMENTS}.")
-        config = self.experiment_config()
-        n_layers = self.pair.n_layers()
-        if self.experiment == "graft":
-            from hooklab.graft.windows import parse_windows
+        shape = self.pair.shape()
+        self.kind.validate(self.experiment_config(), shape.n_layers)
+        _check_lens(getattr(self.config, "lens", None))
+        prompts = self.prompts.load()
+        if self.histories is not None:
+            from hooklab.graft.histories import check_histories, load_histories
 
-            try:
-                parse_windows(config.windows, n_layers)
-            except HooklabError as error:
-                raise HooklabError(f"graft.windows: {error}") from None
-        self.prompts.load()
-        return n_layers
+            check_histories(
+                load_histories(self.histories), [p.id for p in prompts], vocab_size=shape.d_vocab
+            )
+        return shape.n_layers
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "experiment": self.experiment,
+            "out": self.out,
+            "seed": self.seed,
+            "histories": self.histories,
+            "pair": self.pair.to_dict(),
+            "prompts": self.prompts.to_dict(),
+            "execution": self.execution.to_dict(),
+            self.experiment: self.experiment_config().to_dict(),
+        }
 
-    def absolute(self) -> RunSpec:
-        """The same spec with its local paths made absolute (for workers in other folders)."""
-        from dataclasses import replace
+    def absolute(self, base: Path | None = None) -> RunSpec:
+        """The same spec with its local paths made absolute (relative to ``base``, default the
+        working directory), for workers in other folders."""
+        base = Path.cwd() if base is None else base
 
         def absolute(path: str | None) -> str | None:
-            return str(Path(path).resolve()) if path and Path(path).exists() else path
+            if not path:
+                return path
+            candidate = base / Path(path).expanduser()
+            return str(candidate.resolve()) if candidate.exists() else path
 
+        config = self.experiment_config()
+        lens = getattr(config, "lens", "")
+        if isinstance(lens, str) and lens.startswith("tuned:"):
+            config = replace(config, lens="tuned:" + (absolute(lens[6:]) or ""))  # type: ignore[type-var]
         return replace(
             self,
-            out=str(Path(self.out).resolve()),
+            out=str((base / Path(self.out).expanduser()).resolve()),
             pair=replace(self.pair, pt=absolute(self.pair.pt), it=absolute(self.pair.it)),
             prompts=replace(self.prompts, source=absolute(self.prompts.source) or "builtin"),
             histories=absolute(self.histories),
+            config=config,
         )
 
     def to_toml(self) -> str:
@@ -222,54 +278,88 @@ class RunSpec:
         ]
         if self.histories is not None:
             lines.append(f"histories = {json.dumps(self.histories)}")
+        section = {k: v for k, v in self.experiment_config().to_dict().items() if k != "seed"}
         sections = {
-            "pair": asdict(self.pair),
-            "prompts": asdict(self.prompts),
-            self.experiment: getattr(self, self.experiment),
-            "execution": asdict(self.execution),
+            "pair": self.pair.to_dict(),
+            "prompts": self.prompts.to_dict(),
+            self.experiment: section,
+            "execution": self.execution.to_dict(),
         }
         for name, values in sections.items():
             lines.append(f"\n[{name}]")
             for key, value in values.items():
-                if value is None:
-                    continue
-                if isinstance(value, tuple):
-                    value = list(value)
-                lines.append(f"{key} = {json.dumps(value)}")
+                if value is not None:
+                    lines.append(f"{key} = {json.dumps(value)}")
         return "\n".join(lines) + "\n"
 
 
+def _history_users() -> list[str]:
+    from hooklab.experiment import experiments
+
+    return [name for name, e in experiments().items() if e.uses_histories]
+
+
+def _check_lens(lens: Any) -> None:
+    """A ``tuned:DIR`` lens must have DIR/pt and DIR/it (their contents are checked at load)."""
+    if not isinstance(lens, str) or not lens.startswith("tuned:"):
+        return
+    folder = Path(lens[6:])
+    missing = [side for side in ("pt", "it") if not (folder / side / "config.json").is_file()]
+    if missing:
+        raise HooklabError(
+            f"lens={lens!r}: no tuned lens in {', '.join(str(folder / m) for m in missing)}; "
+            "train them with `hooklab train-lens --out DIR`."
+        )
+
+
+_TOP_LEVEL = ("experiment", "out", "seed", "histories", "pair", "prompts", "execution")
+
+
 def load_spec(path: str | Path, *, out: str | None = None) -> RunSpec:
-    """Read and validate the shape of a TOML run spec (models are not loaded)."""
+    """Read and validate the shape of a TOML run spec (models are not loaded).
+
+    Relative paths in the file are resolved against the file's folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise HooklabError(f"spec={str(path)!r}: no such file.")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise HooklabError(f"{path}: not valid TOML ({error}).") from None
-    known = {f.name for f in fields(RunSpec)}
+    name = raw.get("experiment")
+    if not isinstance(name, str):
+        raise HooklabError(f"{path}: the run spec needs experiment = '...' (a string).")
+    kind = get_experiment(name)
+    known = set(_TOP_LEVEL) | {kind.name}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise HooklabError(
             f"unknown key(s) {', '.join(unknown)} in {path}; top-level keys: "
             f"{', '.join(sorted(known))}."
         )
-    for required in ("experiment", "out", "pair"):
+    for required in ("out", "pair"):
         if required not in raw and not (required == "out" and out):
             raise HooklabError(f"{path}: the run spec needs {required!r}.")
-    if raw["experiment"] not in EXPERIMENTS:
-        raise HooklabError(
-            f"experiment={raw['experiment']!r}: use one of {', '.join(EXPERIMENTS)}."
-        )
-    return RunSpec(
-        experiment=raw["experiment"],
-        out=out or raw["out"],
-        pair=_build(PairSpec, raw["pair"], "pair"),
-        prompts=_build(PromptSpec, raw.get("prompts", {}), "prompts"),
-        execution=_build(ExecutionSpec, raw.get("execution", {}), "execution"),
-        readout=dict(raw.get("readout", {})),
-        graft=dict(raw.get("graft", {})),
-        seed=int(raw.get("seed", 0)),
+    section = dict(raw.get(kind.name, {}))
+    if "seed" in section:
+        raise HooklabError(f"{path}: {kind.name}.seed: set seed = N at the top level instead.")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise HooklabError(f"{path}: seed={seed!r}: expected an integer.")
+    for key in ("out", "histories"):
+        if key in raw and not isinstance(raw[key], str):
+            raise HooklabError(f"{path}: {key}={raw[key]!r}: expected a string (a folder).")
+    spec = RunSpec(
+        experiment=name,
+        out=out if out is not None else raw["out"],
+        pair=PairSpec.from_dict(raw["pair"]),
+        prompts=PromptSpec.from_dict(raw.get("prompts", {})),
+        execution=ExecutionSpec.from_dict(raw.get("execution", {})),
+        config=kind.config_type.from_dict(section, section=kind.name),
+        seed=seed,
         histories=raw.get("histories"),
     )
+    # relative paths in the file are the file's; an --out override is the caller's
+    resolved = spec.absolute(path.resolve().parent)
+    return replace(resolved, out=str(Path(out).resolve())) if out is not None else resolved

@@ -1,137 +1,95 @@
 """``hooklab report DIR``: one HTML page from run folders: manifests, summary tables with CIs,
-the figures, links to the token views. Everything is computed from the result tables."""
+the figures, links to the token views. Everything is computed from the result tables; each
+run's section comes from its experiment (:meth:`~hooklab.experiment.Experiment.report_section`).
+Every value shown is escaped."""
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
-import pandas as pd
-
+from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
+from hooklab.experiment import get_experiment
 from hooklab.viz.browser import find_browser, screenshot
-from hooklab.viz.figures import (
-    commitment_figure,
-    convergence_figure,
-    graft_effects_figure,
-    heatmap_figure,
-    save_html,
-)
 
 __all__ = ["write_figures", "write_report"]
 
 
+def _manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise HooklabError(
+            f"{run_dir} holds no manifest.json: it is not a finished hooklab run (run or merge "
+            "it first, or pass the folder of a finished run)."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HooklabError(f"{path} is damaged ({error}); merge the run again.") from None
+
+
 def write_figures(run_dir: str | Path, figures_dir: str | Path) -> list[Path]:
-    """The figures of a readout or graft run folder, as offline HTML files."""
+    """The figures of a finished run folder, as offline HTML (and PNG where Chromium is)."""
     run_dir, figures_dir = Path(run_dir), Path(figures_dir)
-    written = []
-    if (run_dir / "readout.parquet").is_file():
-        table = pd.read_parquet(run_dir / "readout.parquet")
-        written.append(save_html(convergence_figure(table), figures_dir / "convergence.html"))
-        written.append(save_html(commitment_figure(table), figures_dir / "commitment.html"))
-        first = str(table["prompt_id"].iloc[0])
-        written.append(save_html(heatmap_figure(table, first), figures_dir / "heatmap.html"))
-    if (run_dir / "graft.parquet").is_file():
-        table = pd.read_parquet(run_dir / "graft.parquet")
-        written.append(save_html(graft_effects_figure(table), figures_dir / "graft_effects.html"))
-    if not written:
-        raise HooklabError(f"{run_dir} holds neither readout.parquet nor graft.parquet.")
+    experiment = get_experiment(_manifest(run_dir)["config"].get("experiment", "?"))
+    written = experiment.figures(run_dir, figures_dir)
     if find_browser() is not None:  # static PNGs beside the HTML (Chromium as the renderer)
         for path in list(written):
             screenshot(path, path.with_suffix(".png"))
     return written
 
 
-def _table(path: Path, columns: list[str], query=None) -> str:
-    frame = pd.read_csv(path)
-    if query is not None:
-        frame = query(frame)
-    return frame[[c for c in columns if c in frame.columns]].to_html(
-        index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="summary"
-    )
+def _href(path: Path, base: Path) -> str:
+    return html.escape(quote(path.relative_to(base).as_posix()), quote=True)
+
+
+def _run_section(run_dir: Path, out: Path) -> list[str]:
+    manifest = _manifest(run_dir)
+    experiment = get_experiment(manifest["config"].get("experiment", "?"))
+    text = html.escape
+    pair = manifest.get("pair", {})
+    sections = [
+        f"<h2>{text(experiment.name)}: {text(str(run_dir))}</h2>",
+        f"<p>pair: <code>{text(json.dumps(pair))}</code><br>"
+        f"prompts: {text(str(manifest.get('n_prompts')))} (set "
+        f"{text(str(manifest.get('prompt_set_hash', ''))[:12])}), seed "
+        f"{text(str(manifest.get('seed')))}, rows {text(str(manifest.get('n_rows')))}, created "
+        f"{text(str(manifest.get('created')))}, git {text(str(manifest.get('git_commit')))}</p>",
+        experiment.report_section(run_dir),
+    ]
+    for figure in write_figures(run_dir, out / "figures"):
+        sections.append(
+            f"<h3>{text(figure.stem.replace('_', ' '))}</h3><iframe src='{_href(figure, out)}' "
+            "width='100%' height='520' frameborder='0'></iframe>"
+        )
+    return sections
 
 
 def write_report(
     out: str | Path,
-    run_dirs: list[str | Path],
+    run_dirs: Sequence[str | Path],
     *,
-    token_views: list[Path] = (),
+    token_views: Sequence[tuple[str, Path] | Path] = (),
     title: str = "hooklab report",
 ) -> Path:
-    """Assemble ``out/report.html`` from run folders (figures are written to ``out/figures``)."""
+    """Assemble ``out/report.html`` from run folders (figures are written to ``out/figures``).
+
+    ``token_views`` are files under ``out``, or (label, file) pairs; labels are escaped.
+    """
     out = Path(out)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     for run_dir in map(Path, run_dirs):
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        experiment = manifest["config"].get("experiment", "?")
-        sections.append(f"<h2>{experiment}: {html.escape(str(run_dir))}</h2>")
-        pair = manifest.get("pair", {})
-        sections.append(
-            f"<p>pair: <code>{html.escape(json.dumps(pair))}</code><br>"
-            f"prompts: {manifest['n_prompts']} (set {manifest['prompt_set_hash'][:12]}),"
-            f" seed {manifest['seed']}, rows {manifest.get('n_rows')}, created "
-            f"{manifest['created']}, git {manifest.get('git_commit')}</p>"
-        )
-        figures = write_figures(run_dir, out / "figures")
-        if experiment == "readout":
-            sections.append("<h3>Convergence gap (IT - PT, kl_to_final, late region)</h3>")
-            sections.append(
-                _table(
-                    run_dir / "convergence_gap.csv",
-                    ["condition", "mean", "ci_low", "ci_high", "n_prompts", "n_tokens"],
-                    lambda f: f[f["region"] == "late"],
-                )
-            )
-            sections.append("<h3>Commitment depth</h3>")
-            sections.append(
-                _table(
-                    run_dir / "commitment.csv",
-                    [
-                        "rule",
-                        "condition",
-                        "model",
-                        "mean",
-                        "ci_low",
-                        "ci_high",
-                        "never_fraction",
-                        "n_prompts",
-                    ],
-                    lambda f: f[f["rule"].isin(["kl<0.1", "top1"])],
-                )
-            )
-        else:
-            sections.append("<h3>Graft effects (late-region change of kl_to_final)</h3>")
-            sections.append(
-                _table(
-                    run_dir / "effects.csv",
-                    [
-                        "direction",
-                        "mode",
-                        "part",
-                        "window",
-                        "mean",
-                        "ci_low",
-                        "ci_high",
-                        "bca_low",
-                        "bca_high",
-                        "p_sign_flip",
-                        "n_prompts",
-                        "n_tokens",
-                    ],
-                )
-            )
-        for figure in figures:
-            relative = figure.relative_to(out)
-            sections.append(
-                f"<h3>{figure.stem.replace('_', ' ')}</h3><iframe src='{relative}' "
-                "width='100%' height='520' frameborder='0'></iframe>"
-            )
+        sections += _run_section(run_dir, out)
     if token_views:
-        links = "".join(
-            f"<li><a href='{Path(v).relative_to(out)}'>{Path(v).stem}</a></li>" for v in token_views
-        )
-        sections.append(f"<h2>Token views</h2><ul>{links}</ul>")
+        items = []
+        for view in token_views:
+            label, path = view if isinstance(view, tuple) else (Path(view).stem, Path(view))
+            items.append(f"<li><a href='{_href(Path(path), out)}'>{html.escape(label)}</a></li>")
+        sections.append(f"<h2>Token views</h2><ul>{''.join(items)}</ul>")
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "table.summary{border-collapse:collapse}"
@@ -141,6 +99,4 @@ def write_report(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
         f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
     )
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    return atomic_write_text(out / "report.html", page)

@@ -178,3 +178,12 @@ def write_token_view(
         f"{html.escape(prompt_id)}</title></head><body>{body}</body></html>"
     )
     return path
+
+
+def safe_filename(text: str, index: int, suffix: str = "") -> str:
+    """A file name for ``text`` (e.g. a prompt id) that stays in its folder: the index, then
+    a slug of ``[A-Za-z0-9._-]`` (never ``..`` or a separator), then ``suffix``."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40] or "item"
+    return f"{index:03d}-{slug}{suffix}"
