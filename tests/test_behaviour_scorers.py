@@ -140,6 +140,7 @@ ANSWERS = [
     ("How many legs does a spider have?", "A spider has 8 legs."),
     ("List three ways to save water at home", "1. Fix leaks\n2. Shorter showers\n3. Full loads"),
     ("Complete the sentence: The sky", "It is blue."),
+    ("What is 3 plus 4?", "3 plus 4 is 7."),  # the embedded IT's answer restates the tail
 ]
 
 
@@ -165,9 +166,10 @@ def test_raw_continuation_negative_and_assistant_register_positive(prompt, text)
             "Write a short thank-you note to a neighbour who watered my plants.",
             "Sure. Write a short thank-you note to a neighbour who watered my plants.",
         ),
-        ("Tell me about the old mill by the river.", "By the river. The mill was built."),
+        ("Tell me about the old mill by the river", "By the river. The mill was built."),
         # the rule's known cost: restating the prompt's last three words counts as an echo
         ("Complete the sentence: The sky is", "The sky is blue."),
+        ("The capital of Spain is", "The capital of Spain is Madrid."),  # whole prompt
     ],
 )
 def test_assistant_register_flags_echoes(prompt, text):

@@ -202,6 +202,8 @@ def is_echo(prompt: str, text: str) -> bool:
         return False
     if _longest_common_substring(p, t) >= min(ECHO_CHARS, ECHO_FRACTION * len(p)):
         return True
+    if prompt.rstrip()[-1:] in (".", "?", "!"):  # an answer may restate a question's tail
+        return False
     last = p.split()[-ECHO_WORDS:]
     return len(last) == ECHO_WORDS and t.split()[:ECHO_WORDS] == last
 
@@ -306,8 +308,10 @@ class AssistantRegister(Scorer):
     Rule: 0 when the output echoes the prompt or is a raw continuation, else 1. Both texts
     are normalised (lowercase, punctuation to spaces, whitespace collapsed); the output
     echoes the prompt when their longest common substring has at least
-    ``min(40, 0.9 * len(normalised prompt))`` characters, or when its first three words are
-    the prompt's last three words. Raw continuation is :class:`RawContinuation`'s rule.
+    ``min(40, 0.9 * len(normalised prompt))`` characters (so restating a short prompt whole
+    counts), or when the prompt does not end with ``.``, ``?`` or ``!`` and the output's first
+    three words are the prompt's last three words ("What is 3 plus 4?" -> "3 plus 4 is 7." is
+    an answer). Raw continuation is :class:`RawContinuation`'s rule.
     """
 
     name, group = "assistant_register", "governance"
