@@ -116,12 +116,16 @@ def donor_cache(
     """The donor's activations at ``hook_names`` on ``tokens`` (one pass)."""
     cache: dict[str, torch.Tensor] = {}
 
-    def keep(activation: torch.Tensor, hook: Any) -> None:
-        cache[hook.name] = activation.detach()
+    def keep(name: str) -> Callable[..., None]:
+        # keyed by the requested name: the bridge reports aliases by their canonical name
+        def hook(activation: torch.Tensor, hook: Any) -> None:
+            cache[name] = activation.detach()
+
+        return hook
 
     names = list(dict.fromkeys(hook_names))
     residual_stream(
-        donor, tokens, attention_mask=attention_mask, fwd_hooks=[(n, keep) for n in names]
+        donor, tokens, attention_mask=attention_mask, fwd_hooks=[(n, keep(n)) for n in names]
     )
     return cache
 
