@@ -191,7 +191,7 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny, reference, tmp_path, m
     ("edit", "message"),
     [
         ({"execution": {"executer": "ray"}}, "unknown key.*execution.executer.*accepts"),
-        ({"readout": {"conditions": ["natve"]}}, "accepted conditions are native"),
+        ({"readout": {"conditions": ["natve"]}}, "conditions=.natve.: accepted values are native"),
         ({"pair": {"pt": "/no/such/model"}}, "pair.pt='/no/such/model': no such folder"),
     ],
 )
