@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -43,6 +46,35 @@ def write_figures(run_dir: str | Path, figures_dir: str | Path) -> list[Path]:
     return written
 
 
+def _text(value: Any) -> str:
+    """Any value as HTML text (quotes escaped too, so it is safe in an attribute)."""
+    return html.escape(str(value), quote=True)
+
+
+def _href(target: str | Path, base: Path) -> str:
+    """``target`` as a relative, percent-encoded URL from folder ``base``, escaped for HTML."""
+    relative = Path(os.path.relpath(Path(target).resolve(), base.resolve())).as_posix()
+    return html.escape(quote(relative), quote=True)
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HooklabError(
+            f"run_dirs: {str(run_dir)!r} is not a hooklab run folder ({path.name} is missing or "
+            f"unreadable: {error.__class__.__name__}). Pass folders written by `hooklab run` "
+            "(e.g. a demo's readout/ and graft/ folders)."
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise HooklabError(
+            f"run_dirs: {str(run_dir)!r} holds a manifest.json without a 'config' object, so it "
+            "is not a finished hooklab run; run or merge it again (`hooklab run SPEC`)."
+        )
+    return manifest
+
+
 def _table(path: Path, columns: list[str], query=None) -> str:
     frame = pd.read_csv(path)
     if query is not None:
@@ -61,17 +93,18 @@ def write_report(
 ) -> Path:
     """Assemble ``out/report.html`` from run folders (figures are written to ``out/figures``)."""
     out = Path(out)
-    sections = [f"<h1>{html.escape(title)}</h1>"]
+    sections = [f"<h1>{_text(title)}</h1>"]
     for run_dir in map(Path, run_dirs):
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = _manifest(run_dir)
         experiment = manifest["config"].get("experiment", "?")
-        sections.append(f"<h2>{experiment}: {html.escape(str(run_dir))}</h2>")
+        sections.append(f"<h2>{_text(experiment)}: {_text(run_dir)}</h2>")
         pair = manifest.get("pair", {})
+        set_hash = str(manifest.get("prompt_set_hash", "?"))[:12]
         sections.append(
-            f"<p>pair: <code>{html.escape(json.dumps(pair))}</code><br>"
-            f"prompts: {manifest['n_prompts']} (set {manifest['prompt_set_hash'][:12]}),"
-            f" seed {manifest['seed']}, rows {manifest.get('n_rows')}, created "
-            f"{manifest['created']}, git {manifest.get('git_commit')}</p>"
+            f"<p>pair: <code>{_text(json.dumps(pair))}</code><br>"
+            f"prompts: {_text(manifest.get('n_prompts'))} (set {_text(set_hash)}),"
+            f" seed {_text(manifest.get('seed'))}, rows {_text(manifest.get('n_rows'))}, created "
+            f"{_text(manifest.get('created'))}, git {_text(manifest.get('git_commit'))}</p>"
         )
         figures = write_figures(run_dir, out / "figures")
         if experiment == "readout":
@@ -122,14 +155,13 @@ def write_report(
                 )
             )
         for figure in figures:
-            relative = figure.relative_to(out)
             sections.append(
-                f"<h3>{figure.stem.replace('_', ' ')}</h3><iframe src='{relative}' "
-                "width='100%' height='520' frameborder='0'></iframe>"
+                f"<h3>{_text(figure.stem.replace('_', ' '))}</h3><iframe "
+                f"src='{_href(figure, out)}' width='100%' height='520' frameborder='0'></iframe>"
             )
     if token_views:
         links = "".join(
-            f"<li><a href='{Path(v).relative_to(out)}'>{Path(v).stem}</a></li>" for v in token_views
+            f"<li><a href='{_href(v, out)}'>{_text(Path(v).stem)}</a></li>" for v in token_views
         )
         sections.append(f"<h2>Token views</h2><ul>{links}</ul>")
     style = (
@@ -138,7 +170,7 @@ def write_report(
         "table.summary td,table.summary th{padding:3px 8px;border-bottom:1px solid #ddd}"
     )
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_text(title)}"
         f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
     )
     path = out / "report.html"
