@@ -100,16 +100,17 @@ def demo(
     )
     table = pd.read_parquet(readout_dir / "readout.parquet")
     histories = {h.prompt_id: h for h in load_histories(readout_dir)}
-    views = []
+    views, views_dir = [], out / "token_views"
     for index, prompt_id in enumerate(list(dict.fromkeys(table["prompt_id"].astype(str)))[:5]):
         path = write_token_view(
-            out / "token_views" / safe_filename(prompt_id, index, ".html"),
+            views_dir / f"{safe_filename(prompt_id, index)}.html",
             pair.tokenizer,
             table,
             prompt_id,
             "same_history",
             pair=pair,
             tokens=histories[prompt_id].tokens,
+            folder=views_dir,
         )
         views.append((prompt_id, path))
     report = write_report(

@@ -29,6 +29,7 @@ __all__ = [
     "no_runtime_installs",
     "parse_dtype",
     "resolve_device",
+    "read_state_file",
 ]
 
 _DTYPES = {
@@ -56,17 +57,46 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
-def resolve_device(device: str | torch.device | None) -> str:
-    """``None`` or ``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+_DEVICE_HINT = "use 'cpu', 'cuda', 'cuda:N' (N a GPU index), 'mps' or 'auto'"
+
+
+def resolve_device(device: str | torch.device | None, *, argument: str = "device") -> str:
+    """``None`` or ``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``.
+
+    Any other value must name a device torch can use here: ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` with a visible GPU ``N``, ``"mps"``, ``"xpu"``; anything else (``"tpu"``,
+    ``"cuda:x"``, a GPU that is not there) is refused before a model loads.
+    """
     if device is None or str(device) == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    device = str(device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HooklabError(
-            f"device={device!r} but torch sees no CUDA device (torch {torch.__version__}); "
-            "use device='cpu', or install a CUDA build of torch on a GPU machine."
-        )
-    return device
+    name = str(device)
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise HooklabError(f"{argument}={name!r} is not a device name; {_DEVICE_HINT}.") from None
+    if parsed.type == "cpu":
+        return name
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HooklabError(
+                f"{argument}={name!r} but torch sees no CUDA device (torch {torch.__version__}); "
+                "use device='cpu', or install a CUDA build of torch on a GPU machine."
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise HooklabError(
+                f"{argument}={name!r} but torch sees {count} CUDA device(s), numbered from 0; "
+                f"use 'cuda:0'..'cuda:{count - 1}' (or check CUDA_VISIBLE_DEVICES)."
+            )
+        return name
+    backend = getattr(torch.backends, parsed.type, None) or getattr(torch, parsed.type, None)
+    available = getattr(backend, "is_available", None)
+    if parsed.type in ("mps", "xpu") and available is not None and available():
+        return name
+    raise HooklabError(
+        f"{argument}={name!r}: hooklab cannot load models on a {parsed.type!r} device here; "
+        f"{_DEVICE_HINT}."
+    )
 
 
 @dataclass(frozen=True)
@@ -157,6 +187,19 @@ def _translate(exc: Exception, source: CheckpointSource, argument: str) -> Excep
                 "pass the folder (or set HF_HUB_OFFLINE=1 to read the cache)."
             )
     message = str(exc)
+    damaged = _damaged_weights(exc)
+    if damaged is not None:
+        return CheckpointUnavailableError(
+            f"{where}: its weights cannot be read ({damaged}): the file is truncated or damaged. "
+            "Download or copy the checkpoint again (compare the files' sizes and SHA-256 with "
+            "the source), or re-save it with save_pretrained."
+        )
+    if "no file named" in message and ("safetensors" in message or ".bin" in message):
+        return CheckpointUnavailableError(
+            f"{where}: the folder holds no weights ({message.splitlines()[0]}). Copy the "
+            "model's weight files (model.safetensors or its shards and index) into it, or "
+            "download the checkpoint again."
+        )
     if "trust_remote_code" in message:
         return CheckpointUnavailableError(
             f"{where} ships its own modelling code, which hooklab does not run unless you pass "
@@ -169,6 +212,23 @@ def _translate(exc: Exception, source: CheckpointSource, argument: str) -> Excep
             "the model on a machine with network and pass its folder."
         )
     return exc
+
+
+def _damaged_weights(exc: BaseException) -> str | None:
+    """A one-line description if ``exc`` comes from reading a truncated or damaged weight file."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    for cause in _causes(exc):
+        text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        if isinstance(cause, (SafetensorError, pickle.UnpicklingError, EOFError)):
+            return text
+        if "PytorchStreamReader failed" in text or "safetensors" in type(cause).__module__:
+            return text
+        if isinstance(cause, OSError) and "unable to load weights" in text.lower():
+            return text
+    return None
 
 
 @contextlib.contextmanager
@@ -203,6 +263,41 @@ def load_tokenizer(
         return transformers.AutoTokenizer.from_pretrained(
             source.name_or_path, revision=source.revision, trust_remote_code=trust_remote_code
         )
+
+
+def read_state_file(path: str | Path, *, argument: str) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file or a ``torch.save`` file, read on the CPU
+    without running code (``weights_only=True``).
+
+    Raises:
+        HooklabError: the file is missing, truncated or damaged; the message names
+            ``argument`` and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HooklabError(
+            f"{argument}: {str(path)!r} does not exist; pass the folder that holds it, or write "
+            "it again (e.g. train and save the lens again)."
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every way a damaged file fails is reported
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise HooklabError(
+            f"{argument}: {str(path)!r} cannot be read ({type(error).__name__}: {first}); it "
+            "is truncated, damaged or not a tensor file. Write or copy it again."
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HooklabError(
+            f"{argument}: {str(path)!r} holds {type(state).__name__}, not a mapping of names to "
+            "tensors; write it again with torch.save(module.state_dict(), path)."
+        )
+    return state
 
 
 @contextlib.contextmanager

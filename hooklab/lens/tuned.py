@@ -142,7 +142,9 @@ class TunedLens(Lens):
                 f"{config.base_model_name_or_path!r}); train a lens for this model, e.g. one "
                 "lens for PT and one for IT."
             )
-        state = torch.load(folder / PARAMS_FILE, map_location="cpu", weights_only=True)
+        from hooklab.loading import read_state_file
+
+        state = read_state_file(folder / PARAMS_FILE, argument=f"lens folder {str(folder)!r}")
         lens = cls(config)
         lens.translators.load_state_dict(state)
         return lens.to(model.unembed.original_component.weight.device)

@@ -180,8 +180,9 @@ def run_shard(
     prompts = spec.prompts.load()
     _check_or_write_run_file(spec, plan, prompts)
     store = PartStore(spec.out)
-    store.clean_temporaries()
-    todo = [part for part in select_shard(plan.parts, shard) if not store.is_done(part)]
+    mine = select_shard(plan.parts, shard)
+    store.clean_temporaries(mine)  # only this shard's: another shard may be writing its own
+    todo = [part for part in mine if not store.is_done(part)]
     if not todo:
         return []
     pair = spec.pair.load()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from hooklab.atomic import atomic_write
+from hooklab.atomic import atomic_write, clean_stale_temporaries
 from hooklab.errors import HooklabError
 
 __all__ = ["Part", "plan_parts", "select_shard", "parse_shard", "PartStore"]
@@ -118,9 +118,13 @@ class PartStore:
             raise HooklabError(f"{part.name} is missing or damaged; run the spec again to redo it.")
         return pd.read_parquet(self._paths(part)[0])
 
-    def clean_temporaries(self) -> int:
-        """Remove temporary files left by a killed writer; returns how many."""
-        stray = list(self.folder.glob(".*.tmp"))
-        for path in stray:
-            path.unlink(missing_ok=True)
-        return len(stray)
+    def clean_temporaries(self, parts: Sequence[Part] | None = None) -> int:
+        """Remove the temporaries a killed writer left for ``parts``; returns how many.
+
+        Pass the shard's own parts: another shard's temporaries are never looked at, and a
+        temporary still being written (its writer holds a lock on it) is never removed, so a
+        late-starting shard cannot pull a file from under a running one. ``None`` looks at
+        every part's temporaries (still sparing those being written).
+        """
+        prefixes = None if parts is None else [part.name for part in parts]
+        return clean_stale_temporaries(self.folder, prefixes)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -23,7 +22,7 @@ import transformers
 
 from hooklab.catalog import paper_pair
 from hooklab.errors import HooklabError
-from hooklab.synthetic.tokenizer import build_tokenizer
+from hooklab.synthetic.tokenizer import build_tokenizer, saved_tokenizer_folder
 
 __all__ = [
     "TINY_SHAPES",
@@ -218,9 +217,7 @@ def build_model_from_config(
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     # TransformerLens re-reads a tokenizer from its folder while booting: give it one.
-    tokenizer_dir = Path(tempfile.gettempdir()) / "hooklab-synthetic-tokenizer"
-    build_tokenizer(512).save_pretrained(tokenizer_dir)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(saved_tokenizer_folder(512))
     with no_runtime_installs():
         bridge = TransformerBridge.boot_transformers(
             f"random-{config.model_type}",

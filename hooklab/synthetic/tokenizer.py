@@ -6,12 +6,18 @@ chat template also writes one, so the double-BOS pitfall of DESIGN.md section 5 
 
 from __future__ import annotations
 
+import atexit
+import functools
+import os
+import shutil
+import tempfile
 from importlib import resources
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tokenizer", "saved_tokenizer_folder"]
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
@@ -59,3 +65,27 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
+
+
+def _remove_if_mine(folder: Path, owner: int) -> None:
+    if os.getpid() == owner:  # a forked child inherits the hook but not the folder
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@functools.cache
+def _saved(vocab_size: int, owner: int) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="hooklab-tokenizer-"))  # 0700, a fresh name
+    atexit.register(_remove_if_mine, folder, owner)
+    build_tokenizer(vocab_size).save_pretrained(folder)
+    return folder
+
+
+def saved_tokenizer_folder(vocab_size: int = 512) -> Path:
+    """A folder holding :func:`build_tokenizer`'s tokenizer (``save_pretrained`` layout).
+
+    The folder is this process's own (``tempfile.mkdtemp``: a fresh name, mode 0700), built
+    once per process and removed when it exits, so concurrent processes never share or
+    overwrite one. It lives as long as the process because TransformerLens re-reads a
+    tokenizer from its folder while booting.
+    """
+    return _saved(int(vocab_size), os.getpid())

@@ -9,6 +9,7 @@ for one prompt.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,12 @@ COLOURS = {"pt": "#1f77b4", "it": "#d62728"}
 _BAND = {"pt": "rgba(31,119,180,0.18)", "it": "rgba(214,39,40,0.18)"}
 
 
+def _plain(value: object) -> str:
+    """A table value as plain text in a plotly title, which plotly reads as a subset of HTML
+    (links, styles): ``&``, ``<``, ``>`` escaped (plotly decodes just those entities)."""
+    return html.escape(str(value), quote=False)
+
+
 def convergence_figure(
     table: pd.DataFrame, metric: str = "kl_to_final", *, seed: int = 0
 ) -> go.Figure:
@@ -39,7 +46,10 @@ def convergence_figure(
     summary = layer_summary(table, [metric], seed=seed)
     conditions = list(dict.fromkeys(summary["condition"]))
     figure = make_subplots(
-        rows=1, cols=len(conditions), shared_yaxes=True, subplot_titles=[str(c) for c in conditions]
+        rows=1,
+        cols=len(conditions),
+        shared_yaxes=True,
+        subplot_titles=[_plain(c) for c in conditions],
     )
     for column, condition in enumerate(conditions, start=1):
         for model in ("pt", "it"):
@@ -129,7 +139,10 @@ def graft_effects_figure(
     effects = graft_effects(table, metric, seed=seed)
     directions = list(dict.fromkeys(effects["direction"]))
     figure = make_subplots(
-        rows=1, cols=len(directions), shared_yaxes=True, subplot_titles=[str(d) for d in directions]
+        rows=1,
+        cols=len(directions),
+        shared_yaxes=True,
+        subplot_titles=[_plain(d) for d in directions],
     )
     palette = {"module": "#2ca02c", "splice": "#9467bd", "random": "#7f7f7f"}
     for column, direction in enumerate(directions, start=1):
@@ -200,7 +213,7 @@ def heatmap_figure(
         )
     )
     figure.update_layout(
-        title=f"{metric}: {model.upper()} on {prompt_id} ({condition})",
+        title=_plain(f"{metric}: {model.upper()} on {prompt_id} ({condition})"),
         xaxis_title="position",
         yaxis_title="layer",
         template="plotly_white",

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from hooklab.atomic import atomic_write_text
@@ -19,17 +21,22 @@ from hooklab.viz.browser import find_browser, screenshot
 __all__ = ["write_figures", "write_report"]
 
 
-def _manifest(run_dir: Path) -> dict:
+def _manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "manifest.json"
-    if not path.is_file():
-        raise HooklabError(
-            f"{run_dir} holds no manifest.json: it is not a finished hooklab run (run or merge "
-            "it first, or pass the folder of a finished run)."
-        )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HooklabError(f"{path} is damaged ({error}); merge the run again.") from None
+        raise HooklabError(
+            f"run_dirs: {str(run_dir)!r} is not a hooklab run folder ({path.name} is missing or "
+            f"unreadable: {error.__class__.__name__}). Pass folders written by `hooklab run` "
+            "(e.g. a demo's readout/ and graft/ folders)."
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise HooklabError(
+            f"run_dirs: {str(run_dir)!r} holds a manifest.json without a 'config' object, so it "
+            "is not a finished hooklab run; run or merge it again (`hooklab run SPEC`)."
+        )
+    return manifest
 
 
 def write_figures(run_dir: str | Path, figures_dir: str | Path) -> list[Path]:
@@ -43,8 +50,15 @@ def write_figures(run_dir: str | Path, figures_dir: str | Path) -> list[Path]:
     return written
 
 
-def _href(path: Path, base: Path) -> str:
-    return html.escape(quote(path.relative_to(base).as_posix()), quote=True)
+def _text(value: Any) -> str:
+    """Any value as HTML text (quotes escaped too, so it is safe in an attribute)."""
+    return html.escape(str(value), quote=True)
+
+
+def _href(target: str | Path, base: Path) -> str:
+    """``target`` as a relative, percent-encoded URL from folder ``base``, escaped for HTML."""
+    relative = Path(os.path.relpath(Path(target).resolve(), base.resolve())).as_posix()
+    return html.escape(quote(relative), quote=True)
 
 
 def _run_section(run_dir: Path, out: Path) -> list[str]:

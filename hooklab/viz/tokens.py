@@ -7,8 +7,11 @@ sequence, the top-k predictions of every layer at each position.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,68 @@ from hooklab.errors import HooklabError
 from hooklab.metrics import late_layers
 from hooklab.summaries import commitment_layers
 
-__all__ = ["token_values", "layer_topk", "token_view_html", "write_token_view"]
+__all__ = [
+    "token_values",
+    "layer_topk",
+    "token_view_html",
+    "write_token_view",
+    "safe_filename",
+    "json_for_html",
+]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# What JSON may hold but a <script> element or an HTML parser must not see raw.
+_SCRIPT_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def safe_filename(text: str, index: int) -> str:
+    """A file stem for ``text`` (e.g. a prompt id) that cannot leave its folder.
+
+    The stem is ``{index:03d}-{slug}``: the slug keeps ``[A-Za-z0-9._-]`` (runs of anything
+    else become ``-``; runs of dots become one dot; no leading dot or dash) and, when it is
+    not ``text`` itself, gets an 8-hex SHA-256 of ``text`` appended, so distinct texts give
+    distinct stems. Never empty, never ``..``, never a ``/``.
+    """
+    text = str(text)
+    slug = re.sub(r"\.{2,}", ".", _UNSAFE.sub("-", text)).strip(".-")[:64].rstrip(".-")
+    if slug != text:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        slug = f"{slug}-{digest}" if slug else digest
+    return f"{int(index):03d}-{slug}"
+
+
+def json_for_html(value: Any) -> str:
+    """``json.dumps(value)`` that is safe inside a ``<script>`` element or an HTML attribute.
+
+    ``<``, ``>``, ``&``, U+2028 and U+2029 are written as ``\\uXXXX`` escapes, which JSON and
+    JavaScript read back as the same characters, so no string can close the script element.
+    """
+    text = json.dumps(value)
+    for raw, escaped in _SCRIPT_ESCAPES.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _circuitsvis_html(element: str, props: dict[str, Any]) -> str:
+    """circuitsvis's ``render_local`` with the props escaped for HTML (circuitsvis writes them
+    with a plain ``json.dumps``, so a token ``</script>`` would end its script element)."""
+    import circuitsvis
+
+    bundle = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    inline_js = bundle.read_text(encoding="utf-8").replace("</script>", "")  # as circuitsvis
+    mount = f"circuits-vis-{uuid.uuid4().hex[:13]}"
+    return (
+        f'<div id="{mount}" style="margin: 15px 0;"></div>\n'
+        f'<script crossorigin type="module">\n{inline_js}\n'
+        f'CircuitsVis.render("{mount}", CircuitsVis.{element}, {json_for_html(props)})\n'
+        "</script>"
+    )
 
 
 def token_values(
@@ -124,26 +188,23 @@ def token_view_html(
     graft run), each view also shows the top-``k`` predictions of every layer (logit lens) at
     each read position.
     """
-    import circuitsvis.tokens
-
     parts = []
     for model in ("pt", "it"):
         values = token_values(table, prompt_id, condition, model, colour_by)
-        strip = [tokenizer.decode([int(t)]) for t in values["target_id"]]
-        rendered = circuitsvis.tokens.colored_tokens(
-            strip,
-            [float(v) for v in values["value"]],
-            min_value=0.0,
-            max_value=max(1e-9, float(values["value"].max())),
-        )
-        # circuitsvis writes its mount point as "<div .../>", which HTML does not close: the
-        # next view would end up inside it and be replaced when React renders. Close it.
-        source = re.sub(
-            r'(<div id="circuits-vis-[^"]+"[^>]*?)\s*/>', r"\1></div>", rendered.local_src, count=1
+        # circuitsvis puts each token into the page as HTML (innerHTML): give it escaped text
+        strip = [html.escape(tokenizer.decode([int(t)])) for t in values["target_id"]]
+        source = _circuitsvis_html(
+            "ColoredTokens",
+            {
+                "tokens": strip,
+                "values": [float(v) for v in values["value"]],
+                "minValue": 0.0,
+                "maxValue": max(1e-9, float(values["value"].max())),
+            },
         )
         parts.append(
-            f"<h3>{model.upper()}: {html.escape(prompt_id)} ({html.escape(condition)},"
-            f" coloured by {colour_by})</h3>\n<div>{source}</div>"
+            f"<h3>{model.upper()}: {html.escape(str(prompt_id))} ({html.escape(condition)},"
+            f" coloured by {html.escape(colour_by)})</h3>\n<div>{source}</div>"
         )
         if pair is not None and tokens is not None:
             positions = [int(p) for p in values.index]
@@ -166,24 +227,29 @@ def write_token_view(
     *,
     pair: Any = None,
     tokens: Sequence[int] | None = None,
+    folder: str | Path | None = None,
 ) -> Path:
-    """Write a self-contained HTML page with the token views of one prompt."""
+    """Write a self-contained HTML page with the token views of one prompt.
+
+    Name the file with :func:`safe_filename`, never with the raw prompt id. A ``path`` with a
+    ``..`` part, or (given ``folder``) one that does not resolve inside ``folder``, is refused.
+    """
     path = Path(path)
+    if ".." in path.parts or (
+        folder is not None and not path.resolve().is_relative_to(Path(folder).resolve())
+    ):
+        inside = f" inside folder={str(folder)!r}" if folder is not None else ""
+        raise HooklabError(
+            f"path={str(path)!r} for the token view of prompt_id={prompt_id!r} must be a file"
+            f"{inside} without '..' parts; name it with "
+            "hooklab.viz.tokens.safe_filename(prompt_id, index)."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     body = token_view_html(
         tokenizer, table, prompt_id, condition, colour_by, pair=pair, tokens=tokens
     )
     path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>"
-        f"{html.escape(prompt_id)}</title></head><body>{body}</body></html>"
+        f"{html.escape(str(prompt_id))}</title></head><body>{body}</body></html>"
     )
     return path
-
-
-def safe_filename(text: str, index: int, suffix: str = "") -> str:
-    """A file name for ``text`` (e.g. a prompt id) that stays in its folder: the index, then
-    a slug of ``[A-Za-z0-9._-]`` (never ``..`` or a separator), then ``suffix``."""
-    import re
-
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40] or "item"
-    return f"{index:03d}-{slug}{suffix}"
