@@ -68,7 +68,6 @@ def demo(
     early graft sweep with the random control, figures, token views and a report."""
     import pandas as pd
 
-    from hooklab.experiment import get_experiment
     from hooklab.graft.histories import load_histories
     from hooklab.graft.sweep import GraftConfig
     from hooklab.pair import load_pair
@@ -119,9 +118,18 @@ def demo(
         token_views=views,
         title="hooklab demo: the embedded PT/IT pair",
     )
-    for run_dir in (readout_dir, graft_dir):
-        for line in get_experiment(run_dir.name).headline(run_dir)[1:]:
-            typer.echo(line)
+    gap = pd.read_csv(readout_dir / "convergence_gap.csv")
+    effects = pd.read_csv(graft_dir / "effects.csv")
+    for row in gap[gap["region"] == "late"].itertuples():
+        typer.echo(
+            f"convergence gap (IT - PT late-region KL), {row.condition}: {row.mean:+.3f} "
+            f"nats [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        )
+    for row in effects[effects["window"] == "late"].itertuples():
+        typer.echo(
+            f"late {row.mode} graft {row.direction}: {row.mean:+.3f} nats "
+            f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        )
     from hooklab.viz.browser import find_browser
 
     if find_browser() is None:
