@@ -79,7 +79,16 @@ def write_report(
             sections.append(
                 _table(
                     run_dir / "convergence_gap.csv",
-                    ["condition", "mean", "ci_low", "ci_high", "n_prompts", "n_tokens"],
+                    [
+                        "condition",
+                        "late_layers",
+                        "mean",
+                        "ci_low",
+                        "ci_high",
+                        "n_prompts",
+                        "n_tokens_pt",
+                        "n_tokens_it",
+                    ],
                     lambda f: f[f["region"] == "late"],
                 )
             )
