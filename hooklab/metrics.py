@@ -24,6 +24,8 @@ __all__ = [
     "teacher_distribution",
     "commitment_layer",
     "late_layers",
+    "layers_label",
+    "LATE_START_DEPTH",
 ]
 
 METRIC_NAMES = (
@@ -279,18 +281,50 @@ def commitment_layer(
     return layer, never
 
 
-def late_layers(n_layers: int, fraction: float = 0.25) -> list[int]:
-    """The late region: the last ``fraction`` of layers by depth, without the final layer.
+#: Default depth at which the late region starts: the last 25% of the stack by depth.
+LATE_START_DEPTH = 0.75
 
-    The final layer is left out because its ``kl_to_final`` is 0 by construction under every
-    lens; at least one layer is always returned.
 
-    >>> late_layers(34)
-    [24, 25, 26, 27, 28, 29, 30, 31, 32]
-    >>> late_layers(4)
+def late_layers(n_layers: int, late_start_depth: float = LATE_START_DEPTH) -> list[int]:
+    """The late region: layers ``l`` with depth ``l / (L - 1) >= late_start_depth``.
+
+    The final layer (depth 1) is left out because its ``kl_to_final`` is 0 by construction under
+    every lens. When no other layer is that deep, the region is the layer before the final one,
+    so it always holds at least one layer.
+
+    Args:
+        n_layers: ``L``, the number of layers (at least 2).
+        late_start_depth: the smallest depth in the region, in [0, 1].
+
+    >>> late_layers(32)  # depth 24/31 = 0.774 is the first >= 0.75 (23/31 = 0.742 is not)
+    [24, 25, 26, 27, 28, 29, 30]
+    >>> late_layers(6)  # depth 4/5 = 0.8; 3/5 = 0.6 is not late
+    [4]
+    >>> late_layers(4)  # only the final layer is that deep: the layer before it
     [2]
+    >>> late_layers(6, late_start_depth=0.5)
+    [3, 4]
     """
     if n_layers < 2:
         raise ValueError(f"n_layers={n_layers}: a late region needs at least two layers")
-    start = min(int((1 - fraction) * (n_layers - 1)), n_layers - 2)
-    return list(range(start, n_layers - 1))
+    if not 0.0 <= late_start_depth <= 1.0:
+        raise ValueError(
+            f"late_start_depth={late_start_depth}: expected a depth in [0, 1] (e.g. 0.75 for "
+            "the last 25% of layers)"
+        )
+    last = n_layers - 1
+    layers = [layer for layer in range(last) if layer / last >= late_start_depth]
+    return layers or [last - 1]
+
+
+def layers_label(layers: list[int]) -> str:
+    """A short label of consecutive layers, as written in summary tables.
+
+    >>> layers_label([4]), layers_label([24, 25, 26, 27, 28, 29, 30])
+    ('4', '24-30')
+    """
+    if not layers:
+        return ""
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))

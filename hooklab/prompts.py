@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -67,7 +68,7 @@ def load_prompts(source: str | Path | None = None) -> list[Prompt]:
                 f"prompts={str(source)!r}: no such file. Pass a JSONL file with one "
                 '{"id": ..., "text": ...} object per line, or "builtin".'
             )
-        text, origin = path.read_text(), str(path)
+        text, origin = _read_utf8(path), str(path)
     prompts: list[Prompt] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -85,13 +86,25 @@ def load_prompts(source: str | Path | None = None) -> list[Prompt]:
         prompts.append(
             Prompt(str(record.get("id", f"line-{number}")), body, str(record.get("category", "")))
         )
-    ids = [p.id for p in prompts]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(p.id for p in prompts).items() if n > 1)
     if duplicates:
         raise HooklabError(f"{origin}: prompt ids must be unique; repeated: {duplicates[:5]}.")
     if not prompts:
         raise HooklabError(f"{origin}: no prompts in the file.")
     return prompts
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text, or a HooklabError naming the first line that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise HooklabError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#04x}); save the "
+            "prompt file as UTF-8."
+        ) from None
 
 
 def prompt_set_hash(prompts: Sequence[Prompt]) -> str:

@@ -53,6 +53,8 @@ class ReadoutConfig(Config):
     """Positions decoded at once (default: automatic, about 64 MB per buffer)."""
     late_start_depth: float = 0.75
     """First depth (layer / (L - 1)) of the late region; the final layer is never in it."""
+    truncate_long_prompts: bool = False
+    """Cut prompts longer than the model context (with a warning) instead of refusing them."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(check_conditions(list(self.conditions))))
@@ -173,7 +175,7 @@ def write_readout_summaries(
     tables = {
         "summary_layers.csv": layer_summary(frame, seed=seed),
         "summary_depth.csv": depth_summary(frame, seed=seed),
-        "convergence_gap.csv": convergence_gap(frame, seed=seed),  # LATE_START_DEPTH
+        "convergence_gap.csv": convergence_gap(frame, seed=seed, late_start_depth=late_start_depth),
         "commitment.csv": commitment_summary(commitment_layers(frame), seed=seed),
     }
     return [atomic_write_csv(out / name, table) for name, table in tables.items()]

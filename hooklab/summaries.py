@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from hooklab.errors import HooklabError
-from hooklab.metrics import commitment_layer, late_layers
+from hooklab.metrics import LATE_START_DEPTH, commitment_layer, late_layers, layers_label
 from hooklab.stats import bootstrap_mean_ci
 
 __all__ = [
@@ -40,6 +40,12 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
 
 
 def _ci_rows(prompt_level: pd.DataFrame, keys: list[str], value: str, seed: int) -> pd.DataFrame:
+    """Bootstrap CI of ``value`` over the prompts of each group of ``keys``.
+
+    Every ``n_tokens*`` column of ``prompt_level`` (one count per prompt) is summed over the
+    group's prompts.
+    """
+    counts = [c for c in prompt_level.columns if c.startswith("n_tokens")]
     rows = []
     for key, group in prompt_level.groupby(keys, sort=True, observed=True):
         ci = bootstrap_mean_ci(group[value].to_numpy(), seed=seed)
@@ -52,22 +58,28 @@ def _ci_rows(prompt_level: pd.DataFrame, keys: list[str], value: str, seed: int)
                 "ci_high": ci.high,
                 "sem": ci.sem,
                 "n_prompts": ci.n,
-                "n_tokens": int(group["n_tokens"].sum()),
+                **{c: int(group[c].sum()) for c in counts},
             }
         )
     return pd.DataFrame(rows)
 
 
 def _prompt_means(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    grouped = frame.groupby([*keys, "prompt_id"], sort=True, observed=True)[metric]
-    out = grouped.agg(["mean", "count"]).reset_index()
-    return out.rename(columns={"mean": "value", "count": "n_tokens"})
+    """Per group of ``keys`` and prompt: the mean of ``metric`` over the prompt's rows, and
+    ``n_tokens``, the number of distinct positions read (not rows: a group may span layers)."""
+    grouped = frame.groupby([*keys, "prompt_id"], sort=True, observed=True)
+    out = grouped.agg(value=(metric, "mean"), n_tokens=("position", "nunique"))
+    return out.reset_index()
 
 
 def _metric_cis(
     frame: pd.DataFrame, metrics: Sequence[str], keys: list[str], seed: int
 ) -> pd.DataFrame:
-    """Per metric and group of ``keys``: the mean over prompts of per-prompt means, with CIs."""
+    """Per metric and group of ``keys``: the mean over prompts of per-prompt means, with CIs.
+
+    ``n_prompts`` counts the prompts and ``n_tokens`` the distinct (prompt, position) pairs read
+    in the group (a position read at several layers of the group counts once).
+    """
     parts = []
     for metric in metrics:
         data = frame.assign(**{metric: frame[metric].astype(np.float64)})
@@ -80,8 +92,11 @@ def _metric_cis(
 def layer_summary(
     frame: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS, *, seed: int = 0
 ) -> pd.DataFrame:
-    """Mean and 95% CI of each metric per (condition, model, layer), over prompts."""
-    _check_columns(frame, [*metrics, "condition", "model", "layer", "prompt_id"])
+    """Mean and 95% CI of each metric per (condition, model, layer), over prompts.
+
+    ``n_tokens`` is the number of distinct (prompt, position) pairs read by that model.
+    """
+    _check_columns(frame, [*metrics, "condition", "model", "layer", "prompt_id", "position"])
     out = _metric_cis(frame, metrics, ["condition", "model", "layer"], seed)
     n_layers = int(frame["n_layers"].iloc[0])
     out["depth"] = out["layer"] / max(n_layers - 1, 1)
@@ -99,8 +114,12 @@ def depth_summary(
     n_bins: int = 10,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per depth bin (``depth`` = layer / (L - 1), in ``n_bins`` equal bins): mean and CI."""
-    _check_columns(frame, [*metrics, "depth"])
+    """Per depth bin (``depth`` = layer / (L - 1), in ``n_bins`` equal bins): mean and CI.
+
+    ``n_tokens`` is the number of distinct (prompt, position) pairs read by that model in the
+    bin, whatever the number of layers in it.
+    """
+    _check_columns(frame, [*metrics, "depth", "prompt_id", "position"])
     binned = frame.assign(depth_bin=_depth_bins(frame, n_bins))
     out = _metric_cis(binned, metrics, ["condition", "model", "depth_bin"], seed)
     out["depth_low"] = out["depth_bin"] / n_bins
@@ -112,23 +131,32 @@ def convergence_gap(
     frame: pd.DataFrame,
     metric: str = "kl_to_final",
     *,
-    late_fraction: float = 0.25,
+    late_start_depth: float = LATE_START_DEPTH,
     seed: int = 0,
 ) -> pd.DataFrame:
     """IT minus PT of ``metric``, paired by prompt, per (condition, layer) and for the late region.
 
-    The late region is :func:`~hooklab.metrics.late_layers` (the last ``late_fraction`` of
-    layers, final layer excluded); its row has ``layer = -1`` and ``region = "late"``.
+    The late region is :func:`~hooklab.metrics.late_layers`: the layers of depth
+    ``layer / (L - 1) >= late_start_depth`` (default 0.75, the last 25% of layers), final layer
+    excluded. Its row has ``layer = -1`` and ``region = "late"``; every row records the setting in
+    ``late_start_depth`` and the region's layers in ``late_layers`` (e.g. ``"24-30"``).
+
+    ``n_prompts`` counts the paired prompts; ``n_tokens_pt`` and ``n_tokens_it`` count the
+    distinct (prompt, position) pairs each model read in the row's cell, over those prompts (a
+    position read at several late layers counts once; the two models' counts differ under
+    ``native``, where each reads its own continuation).
     """
-    _check_columns(frame, [metric, "model", "condition", "layer", "n_layers"])
+    _check_columns(
+        frame, [metric, "model", "condition", "layer", "n_layers", "prompt_id", "position"]
+    )
     data = frame.assign(value=frame[metric].astype(np.float64))
-    late_set = late_layers(int(frame["n_layers"].iloc[0]), late_fraction)
+    late_set = late_layers(int(frame["n_layers"].iloc[0]), late_start_depth)
     late = data[data["layer"].isin(late_set)].assign(layer=-1)
     rows = []
     for region, part in (("layer", data), ("late", late)):
         means = (
             part.groupby(["condition", "layer", "model", "prompt_id"], observed=True)
-            .agg(value=("value", "mean"), n_tokens=("value", "size"))
+            .agg(value=("value", "mean"), n_tokens=("position", "nunique"))
             .reset_index()
         )
         wide = means.pivot_table(
@@ -139,19 +167,24 @@ def convergence_gap(
         )
         if ("value", "pt") not in wide.columns or ("value", "it") not in wide.columns:
             raise HooklabError("convergence_gap needs rows of both models, 'pt' and 'it'.")
-        paired = pd.DataFrame(
-            {
-                "gap": wide[("value", "it")] - wide[("value", "pt")],
-                "n_tokens": wide[("n_tokens", "it")].fillna(0) + wide[("n_tokens", "pt")].fillna(0),
-            }
-        ).reset_index()
-        summary = _ci_rows(
-            paired.rename(columns={"gap": "value"}), ["condition", "layer"], "value", seed
+        paired = (
+            pd.DataFrame(
+                {
+                    "value": wide[("value", "it")] - wide[("value", "pt")],
+                    "n_tokens_pt": wide[("n_tokens", "pt")],
+                    "n_tokens_it": wide[("n_tokens", "it")],
+                }
+            )
+            .dropna()
+            .reset_index()
         )
+        summary = _ci_rows(paired, ["condition", "layer"], "value", seed)
         summary.insert(0, "region", region)
         rows.append(summary)
     out = pd.concat(rows, ignore_index=True)
     out.insert(0, "metric", metric)
+    out["late_start_depth"] = late_start_depth
+    out["late_layers"] = layers_label(late_set)
     return out
 
 
@@ -193,7 +226,12 @@ def commitment_layers(
 
 
 def commitment_summary(commitments: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
-    """Mean commitment depth per (condition, model, rule) with CIs over prompts, and IT - PT."""
+    """Mean commitment depth per (condition, model, rule) with CIs over prompts, and IT - PT.
+
+    ``n_tokens`` counts the distinct (prompt, position) pairs of a model's rows; the IT - PT rows
+    (``model == "it-pt"``, paired by prompt) count each side in ``n_tokens_pt`` and
+    ``n_tokens_it`` instead.
+    """
     rules = [
         c.removeprefix("commit_depth_")
         for c in commitments.columns
@@ -204,18 +242,31 @@ def commitment_summary(commitments: pd.DataFrame, *, seed: int = 0) -> pd.DataFr
         column = f"commit_depth_{rule}"
         means = (
             commitments.groupby(["condition", "model", "prompt_id"], observed=True)
-            .agg(value=(column, "mean"), n_tokens=(column, "size"), never=(f"never_{rule}", "mean"))
+            .agg(
+                value=(column, "mean"),
+                n_tokens=("position", "nunique"),
+                never=(f"never_{rule}", "mean"),
+            )
             .reset_index()
         )
         summary = _ci_rows(means, ["condition", "model"], "value", seed)
         never = means.groupby(["condition", "model"], observed=True)["never"].mean()
         summary["never_fraction"] = never.to_numpy()
         wide = means.pivot_table(
-            index=["condition", "prompt_id"], columns="model", values="value", observed=True
+            index=["condition", "prompt_id"],
+            columns="model",
+            values=["value", "n_tokens"],
+            observed=True,
         )
-        if {"pt", "it"} <= set(wide.columns):
-            gap = (wide["it"] - wide["pt"]).rename("value").reset_index()
-            gap["n_tokens"] = 0
+        if {("value", "pt"), ("value", "it")} <= set(wide.columns):
+            gap = pd.DataFrame(
+                {
+                    "value": wide[("value", "it")] - wide[("value", "pt")],
+                    "n_tokens_pt": wide[("n_tokens", "pt")],
+                    "n_tokens_it": wide[("n_tokens", "it")],
+                }
+            )
+            gap = gap.dropna().reset_index()
             gap_rows = _ci_rows(gap, ["condition"], "value", seed).assign(model="it-pt")
             summary = pd.concat([summary, gap_rows], ignore_index=True)
         summary.insert(0, "rule", rule)

@@ -14,11 +14,13 @@ from hooklab.architectures import read_logits
 from hooklab.cli import main
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream
+from hooklab.graft.effects import graft_effects
 from hooklab.graft.engine import graft_hooks, mlp_out_hooks
 from hooklab.graft.histories import load_histories, make_histories, save_histories
 from hooklab.graft.sweep import GraftConfig, run_graft
 from hooklab.graft.windows import parse_windows
 from hooklab.lens import LogitLens
+from hooklab.metrics import late_layers, layers_label
 from hooklab.prompts import load_prompts
 from hooklab.synthetic import TINY_SHAPES, write_mlp_swapped_checkpoint
 
@@ -208,6 +210,11 @@ def test_graft_table(sweep):
     # a real graft moves the host's final distribution relative to the teacher
     grafted_final = table[(table["mode"] == "module") & (table["layer"] == pair.n_layers - 1)]
     assert (grafted_final["delta_kl_to_teacher"].abs() > 0).any()
+    # effects count each prompt's response tokens once, not once per late layer
+    effects = graft_effects(table)
+    n_response = sum(h.read_to - h.read_from for h in histories)
+    assert (effects["n_tokens"] == n_response).all() and (effects["n_prompts"] == 5).all()
+    assert (effects["late_layers"] == layers_label(late_layers(pair.n_layers))).all()
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +17,7 @@ from hooklab.architectures import read_logits
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream
 from hooklab.lens import LogitLens, TunedLens, TunedLensTrainConfig, train_tuned_lens
+from hooklab.lens.tuned import unembed_hash, unembed_sha256
 from hooklab.prompts import load_prompts
 from hooklab.stream import read_lens
 from hooklab.synthetic.tokenizer import _corpus
@@ -82,6 +87,7 @@ def test_save_load_round_trip_in_the_tuned_lens_layout(pair, tmp_path):
         "bias",
         "unembed_hash",
         "lens_type",
+        "hooklab_unembed_sha256",
     }
     params = torch.load(tmp_path / "lens" / "params.pt", weights_only=True)
     assert set(params) == {f"{i}.{p}" for i in range(pair.n_layers) for p in ("weight", "bias")}
@@ -119,7 +125,8 @@ def test_translator_indexing_follows_the_tuned_lens_package(pair, tmp_path):
             }
         )
     )
-    lens = TunedLens.load(folder, pair.pt)
+    with pytest.warns(UserWarning, match="only its sizes were checked"):
+        lens = TunedLens.load(folder, pair.pt)
     resid = residual_stream(pair.pt, _tokens(pair)).resid_post
     expected = read_logits(pair.pt, resid[1] + state["2.bias"])
     with torch.no_grad():
@@ -157,11 +164,107 @@ def test_lens_file_cannot_run_code(pair, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _trained(pair, pair.pt).save(tmp_path / "evil")
     torch.save({"0.weight": _Payload()}, tmp_path / "evil" / "params.pt")
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+    with pytest.raises(HooklabError, match="params.pt.*objects other than tensors") as error:
         TunedLens.load(tmp_path / "evil", pair.pt)
+    assert "weights_only=False" not in str(error.value)  # never advise running the file
+    assert error.value.__cause__ is None and error.value.__suppress_context__
     assert not (tmp_path / "hooklab-lens-pwned").exists()
 
 
 def test_missing_lens_files_are_named(pair, tmp_path):
     with pytest.raises(HooklabError, match="must hold config.json and params.pt"):
         TunedLens.load(tmp_path, pair.pt)
+
+
+def _with_unembedding(weight: torch.Tensor) -> SimpleNamespace:
+    return SimpleNamespace(
+        unembed=SimpleNamespace(original_component=SimpleNamespace(weight=weight))
+    )
+
+
+def test_unembed_hash_ignores_numpy_print_options(pair, tmp_path):
+    # The tuned-lens package's formula, under numpy's default print options.
+    weight = pair.pt.unembed.original_component.weight.detach().float().numpy()
+    with np.printoptions(threshold=1000, edgeitems=3, linewidth=75, precision=8):
+        package = hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
+    assert unembed_hash(pair.pt) == package
+    _trained(pair, pair.pt).save(tmp_path / "lens")
+    with np.printoptions(threshold=sys.maxsize, linewidth=10, edgeitems=1, precision=3):
+        assert unembed_hash(pair.pt) == package
+        TunedLens.load(tmp_path / "lens", pair.pt)  # the right lens is not refused
+
+
+def test_strong_fingerprint_sees_every_entry_and_not_the_dtype():
+    weight = torch.randn(64, 300, generator=torch.Generator().manual_seed(0)).bfloat16().float()
+    changed = weight.clone()
+    changed[30, 150] += 0.5  # an interior entry: numpy's summary shows only the corners
+    assert unembed_hash(_with_unembedding(weight)) == unembed_hash(_with_unembedding(changed))
+    assert unembed_sha256(_with_unembedding(weight)) != unembed_sha256(_with_unembedding(changed))
+    # the same checkpoint read in float32 or bfloat16 has one fingerprint
+    assert unembed_sha256(_with_unembedding(weight)) == unembed_sha256(
+        _with_unembedding(weight.bfloat16())
+    )
+    assert unembed_sha256(_with_unembedding(weight)) != unembed_sha256(
+        _with_unembedding(weight.reshape(300, 64))
+    )
+
+
+def _edit_config(folder, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def test_lens_without_the_package_hash_is_still_checked(pair, tmp_path):
+    _trained(pair, pair.it).save(tmp_path / "it-lens")
+    _edit_config(tmp_path / "it-lens", unembed_hash=None)
+    with pytest.raises(HooklabError, match="trained on another model.*fingerprint"):
+        TunedLens.load(tmp_path / "it-lens", pair.pt)
+    # the strong fingerprint is checked when present, even where the weak hash agrees
+    _trained(pair, pair.pt).save(tmp_path / "pt-lens")
+    _edit_config(tmp_path / "pt-lens", hooklab_unembed_sha256="0" * 64)
+    with pytest.raises(HooklabError, match="trained on another model"):
+        TunedLens.load(tmp_path / "pt-lens", pair.pt)
+    # with no fingerprint at all only the sizes can be checked, and the user is told
+    _edit_config(tmp_path / "pt-lens", hooklab_unembed_sha256=None, unembed_hash=None)
+    with pytest.warns(UserWarning, match="only its sizes were checked"):
+        TunedLens.load(tmp_path / "pt-lens", pair.pt)
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ("config-json", "config.json' is not a valid JSON file"),
+        ("config-list", "config.json' must hold a JSON object"),
+        ("config-keys", "config.json' is not a tuned-lens config"),
+        ("config-bytes", "config.json' is not a valid JSON file"),
+        ("params-truncated", "params.pt' cannot be read: it is truncated"),
+        ("params-text", "params.pt' cannot be read: it is truncated"),
+        ("params-list", "params.pt' must hold a dict of tensors"),
+        ("params-shape", "params.pt' does not hold this lens's translators"),
+    ],
+)
+def test_damaged_lens_files_are_named(pair, tmp_path, damage, match):
+    folder = _trained(pair, pair.pt).save(tmp_path / "lens")
+    config, params = folder / "config.json", folder / "params.pt"
+    if damage == "config-json":
+        config.write_text(config.read_text()[:-5])
+    elif damage == "config-list":
+        config.write_text("[1, 2]")
+    elif damage == "config-keys":
+        config.write_text(json.dumps({"d_model": 4}))
+    elif damage == "config-bytes":
+        config.write_bytes(b"\xff\xfe{}")
+    elif damage == "params-truncated":
+        params.write_bytes(params.read_bytes()[:200])
+    elif damage == "params-text":
+        params.write_text("not a torch file")
+    elif damage == "params-list":
+        torch.save([torch.zeros(2)], params)
+    else:
+        state = torch.load(params, weights_only=True)
+        state["1.weight"] = torch.zeros(3, 3)
+        torch.save(state, params)
+    with pytest.raises(HooklabError, match=match) as error:
+        TunedLens.load(folder, pair.pt)
+    assert "Re-save the lens" in str(error.value) or "train" in str(error.value)
+    assert "weights_only=False" not in str(error.value)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import doctest
+from fractions import Fraction
 
 import pytest
 import torch
 
 import hooklab.metrics
-from hooklab.metrics import chunk_metrics, commitment_layer, final_distribution, late_layers
+from hooklab.metrics import (
+    chunk_metrics,
+    commitment_layer,
+    final_distribution,
+    late_layers,
+    layers_label,
+)
 
 
 def brute_force(layer_logits: torch.Tensor, final_logits: torch.Tensor, targets: torch.Tensor):
@@ -71,3 +78,24 @@ def test_late_layers_and_doctests():
     assert doctest.testmod(hooklab.metrics).failed == 0
     with pytest.raises(ValueError):
         late_layers(1)
+    with pytest.raises(ValueError, match="late_start_depth"):
+        late_layers(8, late_start_depth=1.5)
+
+
+@pytest.mark.parametrize("start", [0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0])
+@pytest.mark.parametrize("n_layers", [2, 3, 4, 5, 6, 12, 26, 28, 32, 34, 36, 46, 62])
+def test_late_layers_is_exactly_the_depth_threshold(n_layers, start):
+    # By definition, in exact arithmetic: depth layer / (L - 1) >= start, final layer excluded,
+    # at least one layer.
+    threshold = Fraction(str(start))
+    expected = [
+        layer for layer in range(n_layers - 1) if Fraction(layer, n_layers - 1) >= threshold
+    ] or [n_layers - 2]
+    assert late_layers(n_layers, late_start_depth=start) == expected
+
+
+def test_late_layers_at_the_paper_sizes():
+    assert late_layers(6) == [4]  # depth 0.6 (layer 3) is not in the last 25%
+    assert late_layers(32) == list(range(24, 31))  # 23 / 31 = 0.742 < 0.75
+    assert late_layers(34) == list(range(25, 33))
+    assert layers_label(late_layers(32)) == "24-30" and layers_label([4]) == "4"

@@ -123,6 +123,13 @@ def test_summaries(frame):
     expected = (means["it"] - means["pt"]).mean()
     got = gap[(gap.region == "layer") & (gap.condition == "same_history") & (gap.layer == 1)]
     assert got["mean"].item() == pytest.approx(expected, rel=1e-6)
+    # Token counts: distinct (prompt, position) pairs each model read, for the late region too.
+    assert (late.late_layers == "2").all()  # 4 layers: the layer before the final one
+    for row in late.itertuples():
+        for model in ("pt", "it"):
+            read = frame[(frame.condition == row.condition) & (frame.model == model)]
+            n_read = len(read[["prompt_id", "position"]].drop_duplicates())
+            assert getattr(row, f"n_tokens_{model}") == n_read
     commitments = commitment_layers(frame)
     assert (commitments["commit_kl<0.1"] <= 3).all()
     summary = commitment_summary(commitments)

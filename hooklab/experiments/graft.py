@@ -60,7 +60,11 @@ class GraftExperiment(Experiment[GraftConfig]):
             histories = [by_id[i] for i in ids]
         else:
             histories = make_histories(
-                part.pair, part.prompts, max_new_tokens=part.config.max_new_tokens, progress=False
+                part.pair,
+                part.prompts,
+                max_new_tokens=part.config.max_new_tokens,
+                truncate_long_prompts=part.config.truncate_long_prompts,
+                progress=False,
             )
             save_histories(histories, part.out / "histories", f"{part.part_name}.jsonl")
         return run_graft(

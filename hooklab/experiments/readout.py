@@ -43,6 +43,7 @@ class ReadoutExperiment(Experiment[ReadoutConfig]):
             part.prompts,
             config.conditions,
             max_new_tokens=config.max_new_tokens,
+            truncate_long_prompts=config.truncate_long_prompts,
             progress=False,
         )
         # every sequence beside the table: rows can be re-derived, IT responses reused

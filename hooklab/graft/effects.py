@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from hooklab.errors import HooklabError
-from hooklab.metrics import late_layers
+from hooklab.metrics import LATE_START_DEPTH, late_layers, layers_label
 from hooklab.stats import bootstrap_mean_ci, sign_flip_test
 
 __all__ = ["graft_effects", "layer_effects", "write_graft_summaries"]
@@ -18,28 +18,37 @@ def graft_effects(
     table: pd.DataFrame,
     metric: str = "kl_to_final",
     *,
-    late_fraction: float = 0.25,
+    late_start_depth: float = LATE_START_DEPTH,
     level: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Per (direction, mode, window): the late-region mean of ``delta_<metric>`` over prompts.
 
-    Each prompt contributes its mean over the late layers (:func:`~hooklab.metrics.late_layers`)
-    of the grafted minus ungrafted host. Reported: mean, percentile and BCa bootstrap CIs,
-    the standard error, a sign-flip permutation p-value, and the prompt and token counts.
+    Each prompt contributes its mean over the late layers (:func:`~hooklab.metrics.late_layers`:
+    depth ``layer / (L - 1) >= late_start_depth``, final layer excluded) of the grafted minus
+    ungrafted host. Reported: mean, percentile and BCa bootstrap CIs, the standard error, a
+    sign-flip permutation p-value, ``n_prompts``, and ``n_tokens``: the number of distinct
+    response tokens read (each prompt's read positions once, not once per late layer). Every row
+    records ``late_start_depth`` and the region's layers in ``late_layers`` (e.g. ``"24-30"``).
     """
     column = f"delta_{metric}"
     if column not in table.columns:
         raise HooklabError(f"metric={metric!r}: the graft table has no column {column!r}.")
     n_layers = int(table["n_layers"].iloc[0])
-    late = table[
-        table["layer"].isin(late_layers(n_layers, late_fraction)) & (table["mode"] != "none")
-    ]
+    late_set = late_layers(n_layers, late_start_depth)
+    late = table[table["layer"].isin(late_set) & (table["mode"] != "none")]
+    # A table row is one (prompt, layer); its n_tokens is the prompt's read positions, the same
+    # at every layer, so a prompt counts its tokens once.
     per_prompt = (
         late.groupby(["direction", "mode", "part", "window", "prompt_id"], observed=True)
-        .agg(value=(column, "mean"), n_tokens=("n_tokens", "first"))
+        .agg(value=(column, "mean"), n_tokens=("n_tokens", "max"), low=("n_tokens", "min"))
         .reset_index()
     )
+    if (per_prompt["n_tokens"] != per_prompt["low"]).any():
+        raise HooklabError(
+            "the graft table's n_tokens differs between layers of one prompt; it must be the "
+            "prompt's number of read positions (write the table with hooklab.graft.run_graft)."
+        )
     rows = []
     keys = ["direction", "mode", "part", "window"]
     for key, group in per_prompt.groupby(keys, observed=True, sort=True):
@@ -50,7 +59,9 @@ def graft_effects(
             {
                 **dict(zip(keys, key, strict=True)),
                 "metric": metric,
-                "region": f"late {late_fraction:g}",
+                "region": "late",
+                "late_start_depth": late_start_depth,
+                "late_layers": layers_label(late_set),
                 "mean": percentile.mean,
                 "ci_low": percentile.low,
                 "ci_high": percentile.high,
@@ -92,13 +103,20 @@ def layer_effects(
 
 
 def write_graft_summaries(
-    table: pd.DataFrame, out: Path, *, seed: int = 0, late_start_depth: float = 0.75
+    table: pd.DataFrame,
+    out: Path,
+    *,
+    seed: int = 0,
+    late_start_depth: float = LATE_START_DEPTH,
 ) -> list[Path]:
     """``effects.csv`` (late-region effects with CIs) and ``layer_effects.csv``."""
     from hooklab.atomic import atomic_write_csv
 
     out = Path(out)
     return [
-        atomic_write_csv(out / "effects.csv", graft_effects(table, seed=seed)),  # LATE_START_DEPTH
+        atomic_write_csv(
+            out / "effects.csv",
+            graft_effects(table, late_start_depth=late_start_depth, seed=seed),
+        ),
         atomic_write_csv(out / "layer_effects.csv", layer_effects(table, seed=seed)),
     ]

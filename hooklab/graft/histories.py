@@ -50,11 +50,21 @@ class History:
 
 
 def make_histories(
-    pair: Any, prompts: Sequence[Prompt], *, max_new_tokens: int = 32, progress: bool = True
+    pair: Any,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 32,
+    truncate_long_prompts: bool = False,
+    progress: bool = True,
 ) -> list[History]:
     """IT's greedy continuation of each prompt under its chat template (teacher-forced later)."""
     sequences = build_sequences(
-        pair, prompts, ["same_history"], max_new_tokens=max_new_tokens, progress=progress
+        pair,
+        prompts,
+        ["same_history"],
+        max_new_tokens=max_new_tokens,
+        truncate_long_prompts=truncate_long_prompts,
+        progress=progress,
     )
     return [
         History(s.prompt_id, s.tokens, s.read_from, s.read_to) for s in sequences if s.model == "it"

@@ -70,6 +70,8 @@ class GraftConfig(Config):
     """Seed of the random control and of the bootstrap summaries."""
     late_start_depth: float = 0.75
     """First depth (layer / (L - 1)) of the late region; the final layer is never in it."""
+    truncate_long_prompts: bool = False
+    """Cut prompts longer than the model context (with a warning) instead of refusing them."""
 
     def __post_init__(self) -> None:
         directions = list(self.directions)
