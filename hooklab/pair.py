@@ -27,7 +27,15 @@ from hooklab.loading import (
     resolve_source,
 )
 
-__all__ = ["ModelPair", "PairCheck", "check_pair", "load_pair", "embedded_pair_folder", "TINY_PAIR"]
+__all__ = [
+    "ModelPair",
+    "PairCheck",
+    "check_adapter_on",
+    "check_pair",
+    "load_pair",
+    "embedded_pair_folder",
+    "TINY_PAIR",
+]
 
 #: Name of the embedded demo pair (``data/tiny-pair``), a small Llama-family model genuinely
 #: pretrained and instruction-tuned by ``python -m hooklab.synthetic.demo_pair``.
@@ -230,6 +238,7 @@ def load_pair(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     offload: str | None = None,
+    check_adapter: bool = True,
 ) -> ModelPair:
     """Load a PT/IT pair, refusing it before any weights load if the two cannot be compared.
 
@@ -247,6 +256,9 @@ def load_pair(
         offload: ``"pt"`` or ``"it"`` keeps that side in CPU memory while the other uses
             ``device`` (for a pair that does not fit one GPU twice, e.g. DeepSeek-V2-Lite on a
             48 GB card); grafts and readouts move activations between the two as needed.
+        check_adapter: after loading, check on a short probe that the architecture adapter's
+            MLP path reproduces every ``hook_mlp_out`` and its readout the logits
+            (:func:`check_adapter_on`; one forward pass of 8 tokens per side).
 
     Raises:
         CheckpointUnavailableError: a folder is missing, the hub is unreachable, a model is
@@ -281,6 +293,9 @@ def load_pair(
         )
         for side, source in (("pt", checked.pt_source), ("it", checked.it_source))
     }
+    if check_adapter:
+        for side, model in models.items():
+            check_adapter_on(model, checked.tokenizer, side=side)
     return ModelPair(
         pt=models["pt"],
         it=models["it"],
@@ -292,3 +307,38 @@ def load_pair(
         device=checked.device,
         compatibility=checked.report,
     )
+
+
+#: Tokens of the load-time adapter probe (one row): enough to exercise attention and the MLPs.
+ADAPTER_PROBE_TOKENS = 8
+
+
+def check_adapter_on(model: Any, tokenizer: Any, *, side: str = "model") -> None:
+    """Refuse a model the architecture adapter does not reproduce.
+
+    On a short probe, :func:`~hooklab.architectures.mlp_output` must give every layer's
+    ``hook_mlp_out`` and :func:`~hooklab.architectures.read_logits` the model's logits, within
+    the parity tolerance of its dtype; a checkpoint whose config turns on something the adapter
+    does not model (a new norm, a logit scale) fails here instead of giving wrong grafts.
+
+    Raises:
+        UnsupportedArchitectureError: naming the family, the check and the difference.
+    """
+    from hooklab.architectures import model_device
+    from hooklab.errors import UnsupportedArchitectureError
+    from hooklab.parity import TOLERANCE, check_parity, probe_tokens
+
+    tokens = probe_tokens(tokenizer, model_device(model))[:1, :ADAPTER_PROBE_TOKENS]
+    report = check_parity(model, tokens)
+    tolerance = TOLERANCE.get(report.dtype, TOLERANCE["float32"])
+    for check, value in (
+        ("MLP path vs hook_mlp_out", report.mlp_path),
+        ("readout vs logits", report.readout),
+    ):
+        if not value <= tolerance:
+            raise UnsupportedArchitectureError(
+                f"{side}: hooklab's {report.family} adapter does not reproduce this checkpoint "
+                f"({check}: max difference {value:.3g} > {tolerance:g} in {report.dtype}); its "
+                "config may use a feature the adapter does not model. Report it with the "
+                "checkpoint's config.json, or load with check_adapter=False at your own risk."
+            )
