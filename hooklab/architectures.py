@@ -142,7 +142,7 @@ def mlp_output(
     """Apply block ``layer``'s MLP path (pre-norm, MLP, post-norm as the family has) to a residual.
 
     On the model's own ``hook_resid_mid`` this reproduces ``hook_mlp_out`` exactly. Applied to
-    another model's residual it is the ``module`` graft of DESIGN.md section 3. Runs the Hugging
+    another model's residual it is the ``module`` graft of docs/definitions.md. Runs the Hugging
     Face modules directly, so it fires no hooks and may be called from inside one.
     """
     spec = spec_for_model(model)

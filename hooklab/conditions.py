@@ -1,4 +1,4 @@
-"""The token sequences each condition reads (DESIGN.md section 3, "Conditions").
+"""The token sequences each condition reads (docs/definitions.md, "Conditions").
 
 * ``native``: each model on its own prompt format (IT: chat template; PT: raw prompt) and its
   own greedy continuation; read at the positions that predict the continuation.

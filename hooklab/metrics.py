@@ -1,4 +1,4 @@
-"""Lens metrics (DESIGN.md section 3), computed as reductions over the vocabulary.
+"""Lens metrics (docs/definitions.md), computed as reductions over the vocabulary.
 
 All in float32 log-space. ``kl_to_final`` is KL(p_layer ‖ p_final), the paper's primary metric;
 ranks count strictly larger logits (0 = top), without sorting the vocabulary.

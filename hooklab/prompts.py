@@ -1,6 +1,6 @@
 """Prompt sets and native prompt formats.
 
-Native prompting (DESIGN.md section 3): the IT model sees its chat template, the PT model the
+Native prompting (docs/definitions.md): the IT model sees its chat template, the PT model the
 raw prompt. A chat template that writes the BOS token is tokenized without adding special
 tokens again, so there is never a double BOS.
 """

@@ -1,7 +1,7 @@
 """The readout experiment: lens metrics of a pair over a prompt set, under some conditions.
 
-``run_readout(pair, prompts, ReadoutConfig(...))`` returns the long table of DESIGN.md
-section 4; ``hooklab readout`` on the command line writes it with its manifest and summaries.
+``run_readout(pair, prompts, ReadoutConfig(...))`` returns the long table described in
+docs/tables.md; ``hooklab readout`` on the command line writes it with its manifest and summaries.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def read_lens(
     chunk_rows: int | None = None,
     workspace: Workspace | None = None,
 ) -> LensReadout:
-    """Lens metrics of ``model`` on ``tokens`` (DESIGN.md section 3).
+    """Lens metrics of ``model`` on ``tokens`` (docs/definitions.md).
 
     Args:
         model: a TransformerBridge (any dtype; metrics are float32).

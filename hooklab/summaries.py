@@ -197,7 +197,7 @@ def commitment_layers(
 ) -> pd.DataFrame:
     """Commitment layer of every (prompt, condition, model, position) under several rules.
 
-    Rules (DESIGN.md section 3): ``kl<tau`` (``kl_to_final`` below ``tau`` nats at every
+    Rules (docs/definitions.md): ``kl<tau`` (``kl_to_final`` below ``tau`` nats at every
     later layer), ``kl<r*max`` (below ``r`` times the position's largest ``kl_to_final``),
     and ``top1`` (top-1 equals the final top-1 at every later layer). Columns
     ``commit_<rule>`` hold the layer and ``never_<rule>`` flag positions that never commit

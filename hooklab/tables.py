@@ -1,7 +1,7 @@
-"""The long results table (DESIGN.md section 4), its Parquet file and ``manifest.json``.
+"""The long results table (docs/tables.md), its Parquet file and ``manifest.json``.
 
 One row per (prompt_id, condition, model, position, layer), metric columns named as in
-DESIGN.md section 3, plus ``token_id``, ``target_id``, ``n_layers`` and ``depth``.
+docs/definitions.md, plus ``token_id``, ``target_id``, ``n_layers`` and ``depth``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from hooklab.metrics import (
 
 
 def brute_force(layer_logits: torch.Tensor, final_logits: torch.Tensor, targets: torch.Tensor):
-    """Full softmax in float64, ranks by sorting: the definitions of DESIGN.md section 3."""
+    """Full softmax in float64, ranks by sorting: the definitions of docs/definitions.md."""
     lp = torch.log_softmax(layer_logits.double(), -1)
     lf = torch.log_softmax(final_logits.double(), -1)
     top = final_logits.argmax(-1)

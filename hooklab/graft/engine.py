@@ -1,4 +1,4 @@
-"""Matched-prefix MLP grafts (DESIGN.md section 3): hooks that replace a host's MLP output.
+"""Matched-prefix MLP grafts (docs/definitions.md): hooks that replace a host's MLP output.
 
 For each layer of a window, the host's ``hook_mlp_out`` (the exact vector added to the
 residual) is replaced by

@@ -137,7 +137,7 @@ def write_mlp_swapped_checkpoint(host: str | Path, donor: str | Path, folder: st
     """Write ``host`` with every block's MLP-path weights (norms included) taken from ``donor``.
 
     The result shares all non-MLP weights with ``host``: grafting every MLP of it into
-    ``host`` must reproduce it exactly (DESIGN.md section 5).
+    ``host`` must reproduce it exactly (docs/families.md).
     """
     from hooklab.architectures import mlp_path_parameter_names
     from hooklab.loading import CheckpointSource, boot_bridge

@@ -1,7 +1,7 @@
 """A small byte-level BPE tokenizer with a chat template, built offline and deterministically.
 
 Like the real families' tokenizers it prepends a BOS token when encoding plain text and its
-chat template also writes one, so the double-BOS pitfall of DESIGN.md section 5 is real here.
+chat template also writes one, so the double-BOS pitfall of docs/families.md is real here.
 """
 
 from __future__ import annotations
