@@ -42,6 +42,8 @@ __all__ = [
     "mlp_output",
     "mlp_path_parameter_names",
     "model_device",
+    "unembedding_weight",
+    "hf_module",
     "read_logits",
     "output_softcap",
     "moe_layout",
@@ -158,6 +160,16 @@ def mlp_output(
 def model_device(model: Any) -> torch.device:
     """The device of a model's unembedding (where its readout runs)."""
     return _original(model.unembed).weight.device
+
+
+def unembedding_weight(model: Any) -> Float[torch.Tensor, "d_vocab d_model"]:
+    """The unembedding matrix W_U as stored ([d_vocab, d_model], the model's dtype)."""
+    return _original(model.unembed).weight
+
+
+def hf_module(component: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face module under a bridge component (calling it fires no hooks)."""
+    return _original(component)
 
 
 def mlp_path_parameter_names(model: Any) -> list[str]:

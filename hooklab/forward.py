@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 
 from hooklab import hooks
+from hooklab.architectures import model_device
 
 __all__ = ["HookFn", "BlockInputs", "ResidualStream", "residual_stream", "resume_residual_stream"]
 
@@ -96,7 +97,7 @@ def residual_stream(
             :func:`resume_residual_stream`.
     """
     n_layers = int(model.cfg.n_layers)
-    device = model.unembed.original_component.weight.device
+    device = model_device(model)
     tokens = tokens.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
     captured: list[torch.Tensor | None] = [None] * (n_layers + 1)

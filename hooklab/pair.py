@@ -11,6 +11,7 @@ import torch
 from hooklab.architectures import (
     ArchitectureSpec,
     hf_text_config,
+    model_device,
     spec_for_architecture,
     spec_for_config,
 )
@@ -114,10 +115,7 @@ class ModelPair:
             "d_vocab": self.d_vocab,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device,
-            "devices": {
-                side: str(m.unembed.original_component.weight.device)
-                for side, m in self.models().items()
-            },
+            "devices": {side: str(model_device(m)) for side, m in self.models().items()},
         }
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hooklab.architectures import model_device
 from hooklab.errors import HooklabError
 
 __all__ = [
@@ -161,7 +162,7 @@ def greedy_continuations(
     if max_new_tokens < 1:
         raise HooklabError(f"max_new_tokens={max_new_tokens} must be at least 1.")
     hf_model = model.original_model
-    device = model.unembed.original_component.weight.device
+    device = model_device(model)
     pad = stop_ids[0] if stop_ids else 0
     out: list[list[int]] = []
     for ids in tqdm(prompts_ids, desc=desc, disable=not progress, unit="prompt"):

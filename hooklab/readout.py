@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pandas as pd
 from tqdm.auto import tqdm
 
+from hooklab.architectures import model_device
 from hooklab.conditions import ReadSequence, build_sequences, check_conditions, pad_batch
 from hooklab.config import Config
 from hooklab.errors import HooklabError
@@ -129,7 +130,7 @@ def run_readout(
     for seq in sequences:
         groups.setdefault((seq.condition, seq.model), []).append(seq)
     n_batches = sum(-(-len(g) // config.batch_size) for g in groups.values())
-    device = pair.pt.unembed.original_component.weight.device
+    device = model_device(pair.pt)
     most_rows = config.batch_size * max(len(s.tokens) for s in sequences)
     workspace = Workspace.plan(
         pair.d_vocab, pair.n_layers, device, rows=config.chunk_rows, max_rows=most_rows

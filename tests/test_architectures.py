@@ -12,7 +12,7 @@ import transformers
 
 import hooklab
 from hooklab import hooks
-from hooklab.architectures import attention_layout, mlp_output, moe_layout, read_logits
+from hooklab.architectures import attention_layout, hf_module, mlp_output, moe_layout, read_logits
 from hooklab.errors import UnsupportedArchitectureError
 from hooklab.parity import probe_tokens
 from hooklab.synthetic import TINY_SHAPES
@@ -82,7 +82,7 @@ def test_readout_applies_the_softcap(tiny_pair):
             probe_tokens(pair.tokenizer), names_filter=hooks.resid_post(last)
         )
         resid = cache[hooks.resid_post(last)]
-        uncapped = model.unembed.original_component(model.ln_final.original_component(resid))
+        uncapped = hf_module(model.unembed)(hf_module(model.ln_final)(resid))
         # The cap must bite on these weights, or this test could not tell a missing cap.
         assert float((uncapped - logits).abs().max()) > 0.1
         assert float(logits.abs().max()) < 2.0
@@ -108,7 +108,7 @@ def test_mlp_path_with_a_norm_left_out_does_not_reproduce(loaded):
         out = cache[hooks.resid_mid(0)]
         for name in path:
             if name != skipped:
-                out = getattr(block, name).original_component(out)
+                out = hf_module(getattr(block, name))(out)
         assert not _close(out, cache[hooks.mlp_out(0)])
 
 
@@ -129,7 +129,7 @@ def test_moe_layout_matches_the_modules(loaded):
     config = pair.pt.original_model.config
     assert layout.first_dense_layers == config.first_k_dense_replace
     for layer in range(pair.n_layers):
-        is_moe_module = hasattr(pair.pt.blocks[layer].mlp.original_component, "experts")
+        is_moe_module = hasattr(hf_module(pair.pt.blocks[layer].mlp), "experts")
         assert layout.is_moe_layer(layer) == is_moe_module, layer
     assert layout.n_routed_experts == 4 and layout.experts_per_token == 2
 
@@ -137,19 +137,19 @@ def test_moe_layout_matches_the_modules(loaded):
 def test_attention_layout_matches_the_weights(loaded):
     _, _, pair, _, _ = loaded
     layout = attention_layout(pair.pt)
-    attn = pair.pt.blocks[0].attn.original_component
+    attn = hf_module(pair.pt.blocks[0].attn)
     if layout.kind == "mla":
-        kv_b = attn.kv_b_proj.original_component.weight
+        kv_b = hf_module(attn.kv_b_proj).weight
         nope = layout.qk_head_dim - pair.pt.original_model.config.qk_rope_head_dim
         assert kv_b.shape == (layout.n_heads * (nope + layout.v_head_dim), layout.kv_lora_rank)
         q_a_proj = getattr(attn, "q_a_proj", None)
         if layout.q_lora_rank is None:
             assert q_a_proj is None
         else:
-            assert q_a_proj.original_component.weight.shape[0] == layout.q_lora_rank
-        o_in = attn.o_proj.original_component.weight.shape[1]
+            assert hf_module(q_a_proj).weight.shape[0] == layout.q_lora_rank
+        o_in = hf_module(attn.o_proj).weight.shape[1]
     else:
-        o_in = attn.o_proj.original_component.weight.shape[1]
+        o_in = hf_module(attn.o_proj).weight.shape[1]
     assert o_in == layout.n_heads * layout.v_head_dim
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import hooklab
-from hooklab.architectures import read_logits
+from hooklab.architectures import hf_module, read_logits
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream
 from hooklab.lens import LogitLens, TunedLens, TunedLensTrainConfig, train_tuned_lens
@@ -177,14 +177,12 @@ def test_missing_lens_files_are_named(pair, tmp_path):
 
 
 def _with_unembedding(weight: torch.Tensor) -> SimpleNamespace:
-    return SimpleNamespace(
-        unembed=SimpleNamespace(original_component=SimpleNamespace(weight=weight))
-    )
+    return SimpleNamespace(unembed=SimpleNamespace(weight=weight))  # a bare module stand-in
 
 
 def test_unembed_hash_ignores_numpy_print_options(pair, tmp_path):
     # The tuned-lens package's formula, under numpy's default print options.
-    weight = pair.pt.unembed.original_component.weight.detach().float().numpy()
+    weight = hf_module(pair.pt.unembed).weight.detach().float().numpy()
     with np.printoptions(threshold=1000, edgeitems=3, linewidth=75, precision=8):
         package = hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
     assert unembed_hash(pair.pt) == package

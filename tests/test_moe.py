@@ -7,7 +7,7 @@ import torch
 
 import hooklab
 from hooklab import hooks
-from hooklab.architectures import mlp_path_parameter_names
+from hooklab.architectures import hf_module, mlp_path_parameter_names
 from hooklab.attention import attention_entropy, attention_heads
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream
@@ -45,7 +45,7 @@ def _normed(model, layer, tokens):
         model.hooks(fwd_hooks=[(hooks.resid_mid(layer), lambda a, hook: store.update(x=a))]),
     ):
         model(tokens, return_type=None)
-    return store["x"], model.blocks[layer].ln2.original_component(store["x"])
+    return store["x"], hf_module(model.blocks[layer].ln2)(store["x"])
 
 
 def test_captured_routing_equals_routing_recomputed_from_the_gate(pair):
@@ -83,7 +83,7 @@ def test_shared_plus_routed_is_mlp_out(pair):
         ):
             pair.pt(tokens, return_type=None)
             shared, routed = moe_parts(
-                pair.pt, layer, pair.pt.blocks[layer].ln2.original_component(store["mid"])
+                pair.pt, layer, hf_module(pair.pt.blocks[layer].ln2)(store["mid"])
             )
         assert torch.allclose(shared + routed, store["out"], atol=1e-6)
         assert shared.abs().max() > 0 and routed.abs().max() > 0

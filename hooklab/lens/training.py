@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from hooklab.architectures import read_logits
+from hooklab.architectures import model_device, read_logits
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream
 from hooklab.lens.tuned import TunedLens
@@ -119,7 +119,7 @@ def held_out_kl(
     """Mean KL(p_final ‖ p_l) per layer over ``sequences`` (last layer: 0 by construction)."""
     n_layers = int(model.cfg.n_layers)
     totals = torch.zeros(n_layers, dtype=torch.float64)
-    device = model.unembed.original_component.weight.device
+    device = model_device(model)
     with torch.no_grad(), _frozen(model):
         for start in range(0, sequences.shape[0], batch_size):
             batch = sequences[start : start + batch_size].to(device)
@@ -172,7 +172,7 @@ def train_tuned_lens(
         )
     steps = max(1, math.ceil(config.token_budget / (config.batch_size * config.seq_len)))
     n_layers = int(model.cfg.n_layers)
-    device = model.unembed.original_component.weight.device
+    device = model_device(model)
     tokens_seen = 0
     bar = tqdm(range(steps), desc="tuned lens", disable=not progress, unit="step")
     with _frozen(model):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hooklab.architectures import model_device, unembedding_weight
 from hooklab.errors import HooklabError
 from hooklab.lens.base import Lens
 
@@ -48,7 +49,7 @@ _NUMPY_DEFAULT_PRINT_OPTIONS: dict[str, Any] = {
 
 
 def _unembedding(model: Any) -> torch.Tensor:
-    return model.unembed.original_component.weight.detach()
+    return unembedding_weight(model).detach()
 
 
 def unembed_hash(model: Any) -> str:
@@ -133,7 +134,7 @@ class TunedLens(Lens):
             unembed_hash=unembed_hash(model),
             hooklab_unembed_sha256=unembed_sha256(model),
         )
-        device = model.unembed.original_component.weight.device
+        device = model_device(model)
         return cls(config).to(device)
 
     def translator_for(self, layer: int) -> torch.nn.Linear:
@@ -211,7 +212,7 @@ class TunedLens(Lens):
                 f"{config.num_hidden_layers} [d_model, d_model] translators. Re-save the lens "
                 "with TunedLens.save or retrain it."
             ) from None
-        return lens.to(model.unembed.original_component.weight.device)
+        return lens.to(model_device(model))
 
 
 def _check_fingerprint(

@@ -30,6 +30,7 @@ from jaxtyping import Bool, Int
 from plotly.subplots import make_subplots
 
 from hooklab import hooks
+from hooklab.architectures import model_device
 from hooklab.conditions import pad_batch
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn, ResidualStream, residual_stream, resume_residual_stream
@@ -196,7 +197,7 @@ def run_patching(
     conditions = [(c, w) for c in components for w in targets]
     names = [COMPONENTS[c](layer) for c, w in conditions for layer in w.layers]
     pad = pair.tokenizer.pad_token_id
-    device = pair.pt.unembed.original_component.weight.device
+    device = model_device(pair.pt)
     workspace = Workspace.plan(
         pair.d_vocab,
         n_layers,

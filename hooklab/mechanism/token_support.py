@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from hooklab.architectures import read_logits
+from hooklab.architectures import model_device, read_logits
 from hooklab.conditions import pad_batch
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream, resume_residual_stream
@@ -160,7 +160,7 @@ def token_support(
         raise HooklabError(f"codes has shape {codes.shape}: expected ({d_vocab},), one per id.")
     host_side, donor_side = DIRECTIONS[direction]
     host, donor = pair.models()[host_side], pair.models()[donor_side]
-    device = host.unembed.original_component.weight.device
+    device = model_device(host)
     present = [c for c in range(len(CLASS_NAMES)) if (codes == c).any()]
     names = [CLASS_NAMES[c] for c in present] + list(DYNAMIC_CLASSES)
     onehot = torch.zeros((d_vocab, len(present)), dtype=torch.float64, device=device)
