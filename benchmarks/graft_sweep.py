@@ -5,6 +5,9 @@ outputs) and one full host forward pass with the graft hooks, then the lens read
 runs each model's ungrafted pass once per batch, keeps the donor's MLP outputs and every
 block's inputs, and reruns only the host's blocks from each window's first layer.
 
+The naive way is the test suite's reference (``tests/graft_reference.py``), imported from
+there so that the benchmark times exactly what the tests check against.
+
 Prints wall time and peak extra memory of both, their ratio, the share spent in the lens
 readout, and the largest difference between the two tables (must be <= 1e-5).
 
@@ -15,11 +18,15 @@ readout, and the largest difference between the two tables (must be <= 1e-5).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from _memory import PeakMemory
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
 
 
 def _pair(args):
@@ -58,6 +65,7 @@ def main() -> None:
     from hooklab.graft.sweep import GraftConfig, run_graft
     from hooklab.lens import LogitLens
     from hooklab.prompts import load_prompts
+    from tests.graft_reference import max_difference, naive_graft
 
     pair = _pair(args)
     histories = make_histories(
@@ -76,24 +84,35 @@ def main() -> None:
     )
 
     readout_seconds = {"value": 0.0}
-    original = stream.read_variants
 
-    def timed(*a, **k):
-        start = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            readout_seconds["value"] += time.perf_counter() - start
+    def timer(original):
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                readout_seconds["value"] += time.perf_counter() - start
+
+        return timed
+
+    timed, timed_residuals = timer(stream.read_variants), timer(stream.read_residuals)
 
     import hooklab.graft.sweep as sweep_module
+    import tests.graft_reference as reference_module
 
+    # the optimised sweep reads through read_variants, the naive one through read_residuals
     sweep_module.read_variants = timed
+    reference_module.read_residuals = timed_residuals
+    runs = {
+        "naive": lambda: naive_graft(pair, histories, config, lenses=lenses),
+        "hooklab": lambda: run_graft(pair, histories, config, lenses=lenses, progress=False),
+    }
     results = {}
-    for name, reuse in (("naive", False), ("hooklab", True), ("naive", False), ("hooklab", True)):
+    for name in ("naive", "hooklab", "naive", "hooklab"):
         readout_seconds["value"] = 0.0
         with PeakMemory(args.device) as peak:
             start = time.perf_counter()
-            table = run_graft(pair, histories, config, lenses=lenses, reuse=reuse, progress=False)
+            table = runs[name]()
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
@@ -101,8 +120,7 @@ def main() -> None:
         results[name] = (seconds, readout_seconds["value"], peak.extra_bytes / 2**20, table)
     naive_s, naive_r, _, naive_t = results["naive"]
     fast_s, fast_r, _, fast_t = results["hooklab"]
-    numbers = fast_t.select_dtypes("number").columns
-    difference = float((fast_t[numbers] - naive_t[numbers]).abs().max().max())
+    difference = max_difference(fast_t, naive_t)
     print(f"{'':>8} {'total s':>8} {'readout s':>10} {'other s':>8} {'peak MB':>8}")
     for name, (s, r, m, _) in (("naive", results["naive"]), ("hooklab", results["hooklab"])):
         print(f"{name:>8} {s:>8.2f} {r:>10.2f} {s - r:>8.2f} {m:>8.0f}")

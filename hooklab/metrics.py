@@ -9,13 +9,15 @@ on a 262k vocabulary a fresh buffer per operation costs more (page faults) than 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
 
+from hooklab.metric_specs import METRICS, Comparison
+
 __all__ = [
-    "METRIC_NAMES",
     "Workspace",
     "FinalDistribution",
     "final_distribution",
@@ -27,18 +29,6 @@ __all__ = [
     "layers_label",
     "LATE_START_DEPTH",
 ]
-
-METRIC_NAMES = (
-    "kl_to_final",
-    "kl_to_teacher",
-    "kl_final_to_layer",
-    "entropy",
-    "top1_agree",
-    "final_top1_rank",
-    "final_top1_prob",
-    "target_logprob",
-    "target_rank",
-)
 
 
 class Workspace:
@@ -194,15 +184,17 @@ def layer_metrics(
     workspace: Workspace | None = None,
     *,
     teacher_logprobs: Float[torch.Tensor, "n d_vocab"] | None = None,
+    extra: Sequence[str] = (),
 ) -> list[dict[str, torch.Tensor]]:
     """All metrics of one layer at a chunk of positions, against each of ``finals``.
 
     The layer-only reductions (softmax, entropy, target, teacher) are done once; only the
     comparisons with a final distribution are repeated per final. ``logits`` may be a slice of
     ``workspace.logits`` (then it is overwritten with log-probabilities); otherwise it is copied
-    there first. Returns, per final, [n] tensors keyed by :data:`METRIC_NAMES` (the target
-    metrics only with ``targets``; ``kl_to_teacher``, KL(p_layer ‖ p_teacher), only with
-    ``teacher_logprobs``).
+    there first. Returns, per final, [n] tensors keyed by metric name
+    (:data:`hooklab.metric_specs.METRICS`): the target metrics only with ``targets``;
+    ``kl_to_teacher``, KL(p_layer ‖ p_teacher), only with ``teacher_logprobs``; the opt-in
+    metrics named in ``extra`` through their kernels.
     """
     n = logits.shape[0]
     workspace = workspace or Workspace.like(logits)
@@ -231,6 +223,9 @@ def layer_metrics(
         out.update(shared)
         out["top1_agree"] = top1 == final.top1
         out["final_top1_prob"] = probs[rows, final.top1]
+        for name in extra:  # before the in-place difference below overwrites z
+            buffer = workspace.difference_buffer(n)
+            out[name] = METRICS[name].kernel(Comparison(z, probs, final, scratch, buffer))  # type: ignore[misc]
         # Both KLs from one difference of log-probabilities: summing p * (log p - log q) term
         # by term avoids the cancellation of two entropy-sized sums. With one final (or the
         # last one) the difference is taken in place.
@@ -252,9 +247,12 @@ def chunk_metrics(
     workspace: Workspace | None = None,
     *,
     teacher_logprobs: Float[torch.Tensor, "n d_vocab"] | None = None,
+    extra: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """All metrics of one layer at a chunk of positions against one final distribution."""
-    return layer_metrics(logits, [final], targets, workspace, teacher_logprobs=teacher_logprobs)[0]
+    return layer_metrics(
+        logits, [final], targets, workspace, teacher_logprobs=teacher_logprobs, extra=extra
+    )[0]
 
 
 def commitment_layer(

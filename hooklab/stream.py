@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 
-from hooklab.architectures import read_logits
+from hooklab.architectures import model_device, read_logits
 from hooklab.forward import HookFn, residual_stream
 from hooklab.lens.base import Lens, LogitLens
+from hooklab.metric_specs import METRICS, metric_names
 from hooklab.metrics import (
-    METRIC_NAMES,
     FinalDistribution,
     Workspace,
     final_distribution,
@@ -30,15 +30,6 @@ from hooklab.metrics import (
 )
 
 __all__ = ["LensReadout", "read_lens", "read_residuals", "read_variants"]
-
-_FLOAT_METRICS = (
-    "kl_to_teacher",
-    "kl_to_final",
-    "kl_final_to_layer",
-    "entropy",
-    "final_top1_prob",
-    "target_logprob",
-)
 
 
 @dataclass(frozen=True)
@@ -70,6 +61,7 @@ def read_lens(
     fwd_hooks: Sequence[HookFn] = (),
     chunk_rows: int | None = None,
     workspace: Workspace | None = None,
+    metrics: Sequence[str] = (),
 ) -> LensReadout:
     """Lens metrics of ``model`` on ``tokens`` (docs/definitions.md).
 
@@ -86,8 +78,10 @@ def read_lens(
             :meth:`~hooklab.metrics.Workspace.plan`).
         workspace: buffers to reuse across calls; saves re-faulting fresh memory on every call
             on the CPU.
+        metrics: opt-in metrics to add (see :data:`hooklab.metric_specs.METRICS`), e.g.
+            ``("js_to_final",)``.
     """
-    device = model.unembed.original_component.weight.device
+    device = model_device(model)
     tokens = tokens.to(device)
     mask = None if attention_mask is None else attention_mask.to(device)
     read = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
@@ -102,6 +96,7 @@ def read_lens(
         targets=targets,
         chunk_rows=chunk_rows,
         workspace=workspace,
+        metrics=metrics,
     )
 
 
@@ -115,6 +110,7 @@ def read_residuals(
     teacher: tuple[Any, Float[torch.Tensor, "batch pos d_model"]] | None = None,
     chunk_rows: int | None = None,
     workspace: Workspace | None = None,
+    metrics: Sequence[str] = (),
 ) -> LensReadout:
     """Lens metrics of an already computed residual stream (see :func:`read_lens`).
 
@@ -133,6 +129,7 @@ def read_residuals(
         teacher=teacher,
         chunk_rows=chunk_rows,
         workspace=workspace,
+        metrics=metrics,
     )[0]
 
 
@@ -147,6 +144,7 @@ def read_variants(
     teacher: tuple[Any, Float[torch.Tensor, "batch pos d_model"]] | None = None,
     chunk_rows: int | None = None,
     workspace: Workspace | None = None,
+    metrics: Sequence[str] = (),
 ) -> list[LensReadout]:
     """Lens metrics of a residual stream and of variants of it that share its early layers.
 
@@ -157,141 +155,208 @@ def read_variants(
     ``(1 + n_variants) * n_layers``. Returns the base readout, then one per variant, each equal
     to what :func:`read_residuals` gives for that stream alone.
     """
-    lens = lens or LogitLens()
-    n_layers = int(model.cfg.n_layers)
     device = resid_post.device
     read = read.to(device)
-    streams = [resid_post[:, read]] + [v[:, read] for _, v in variants]  # [layer, n, d_model]
-    starts = [n_layers] + [int(start) for start, _ in variants]
-    n_sources = len(streams)
-    n_rows = streams[0].shape[1]
-    row_targets = None if targets is None else targets.to(device)[read]
-    teacher_rows = None
-    if teacher is not None:
-        teacher_model, teacher_resid = teacher
-        teacher_rows = teacher_resid.to(device)[read]
-    d_vocab = int(model.cfg.d_vocab)
-    skipped = set()
-    if row_targets is None:
-        skipped |= {"target_logprob", "target_rank"}
-    if teacher_rows is None:
-        skipped.add("kl_to_teacher")
-    names = [name for name in METRIC_NAMES if name not in skipped]
+    rows = _Rows(
+        streams=[resid_post[:, read]] + [v[:, read] for _, v in variants],  # [layer, n, d_model]
+        targets=None if targets is None else targets.to(device)[read],
+        teacher=None if teacher is None else (teacher[0], teacher[1].to(device)[read]),
+    )
+    plan = _plan(model, rows, [int(start) for start, _ in variants], chunk_rows, workspace, metrics)
+    chunks = [
+        _read_chunk(model, lens or LogitLens(), rows, plan, start, min(start + plan.chunk, rows.n))
+        for start in range(0, rows.n, plan.chunk)
+    ]
+    read_cpu = read.cpu()
+    return [
+        _assemble([chunk[source] for chunk in chunks], read_cpu, plan.names, plan.n_layers)
+        for source in range(len(rows.streams))
+    ]
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The read positions of every stream, flattened: what the chunks are cut from."""
+
+    streams: list[torch.Tensor]  # per source, [layer, n, d_model]
+    targets: torch.Tensor | None  # [n] target ids, -1 where none
+    teacher: tuple[Any, torch.Tensor] | None  # (teacher model, [n, d_model] final residual)
+
+    @property
+    def n(self) -> int:
+        return int(self.streams[0].shape[1])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every chunk does: metric names, unembedding jobs, chunk size, buffers."""
+
+    n_layers: int
+    starts: list[int]  # per source, the first layer it does not share with the base
+    names: list[str]
+    extra: tuple[str, ...]
+    jobs: list[tuple[int, int]]  # (source, layer) pairs to unembed, final layers first
+    chunk: int
+    workspace: Workspace
+
+    def readers(self, source: int, layer: int) -> list[int]:
+        """The sources whose metrics a (source, layer) job gives: a shared layer of the base
+        is also every such variant's layer."""
+        if source != 0 or layer == self.n_layers - 1:
+            return [source]
+        return [0] + [v for v in range(1, len(self.starts)) if self.starts[v] > layer]
+
+
+def _plan(
+    model: Any,
+    rows: _Rows,
+    variant_starts: list[int],
+    chunk_rows: int | None,
+    workspace: Workspace | None,
+    extra: Sequence[str],
+) -> _Plan:
+    n_layers, d_vocab = int(model.cfg.n_layers), int(model.cfg.d_vocab)
+    starts = [n_layers, *variant_starts]
+    n_sources = len(starts)
+    available = {"target"} if rows.targets is not None else set()
+    available |= {"teacher"} if rows.teacher is not None else set()
+    names = metric_names(available, extra)
     if (
         workspace is None
         or workspace.d_vocab != d_vocab
         or workspace.n_finals < n_sources
-        or (chunk_rows is not None and workspace.rows < min(chunk_rows, n_rows))
+        or (chunk_rows is not None and workspace.rows < min(chunk_rows, rows.n))
     ):
+        device = rows.streams[0].device
         workspace = Workspace.plan(
-            d_vocab, n_layers, device, rows=chunk_rows, max_rows=max(n_rows, 1), n_finals=n_sources
+            d_vocab, n_layers, device, rows=chunk_rows, max_rows=max(rows.n, 1), n_finals=n_sources
         )
-    chunk = min(chunk_rows or workspace.rows, workspace.rows)
     # Unembedding jobs per chunk: (source, layer) pairs whose residual is distinct. A layer
     # below a variant's start is read once, from the base stream, for the base and for every
     # such variant. The last layers go first (their logits are the final distributions).
     jobs = [(source, n_layers - 1) for source in range(n_sources)]
     jobs += [(0, layer) for layer in range(n_layers - 1)]
-    jobs += [
-        (source, layer)
-        for source in range(1, n_sources)
-        for layer in range(starts[source], n_layers - 1)
-    ]
-    group = workspace.layer_group
-    flat: list[dict[str, list[torch.Tensor]]] = [
-        {name: [] for name in names} for _ in range(n_sources)
-    ]
-    top1_chunks: list[list[torch.Tensor]] = [[] for _ in range(n_sources)]
+    jobs += [(s, layer) for s in range(1, n_sources) for layer in range(starts[s], n_layers - 1)]
+    return _Plan(
+        n_layers=n_layers,
+        starts=starts,
+        names=names,
+        extra=tuple(n for n in names if METRICS[n].opt_in),
+        jobs=jobs,
+        chunk=min(chunk_rows or workspace.rows, workspace.rows),
+        workspace=workspace,
+    )
+
+
+def _chunk_targets(
+    rows: _Rows, start: int, stop: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The chunk's target ids (0 where there is none) and which rows have one."""
+    if rows.targets is None:
+        return None, None
+    targets = rows.targets[start:stop]
+    return targets.clamp_min(0), targets >= 0
+
+
+def _chunk_teacher(rows: _Rows, workspace: Workspace, start: int, stop: int) -> torch.Tensor | None:
+    """The teacher's final log-probabilities at the chunk, or ``None``."""
+    if rows.teacher is None:
+        return None
+    teacher_model, teacher_rows = rows.teacher
+    out = workspace.teacher_buffer(stop - start)
+    logits = read_logits(teacher_model, teacher_rows[start:stop], out=out)
+    return teacher_distribution(logits, workspace)
+
+
+def _unembed(
+    model: Any,
+    lens: Lens,
+    rows: _Rows,
+    plan: _Plan,
+    jobs: list[tuple[int, int]],
+    start: int,
+    stop: int,
+) -> torch.Tensor:
+    """[len(jobs) * n, d_vocab] logits of a group of jobs, in ``plan.workspace.logits``."""
+    last = plan.n_layers - 1
+    stacked = torch.cat(
+        [
+            rows.streams[source][layer, start:stop]
+            if layer == last
+            else lens.translate(layer, rows.streams[source][layer, start:stop])
+            for source, layer in jobs
+        ]
+    )
+    return read_logits(model, stacked, out=plan.workspace.logits[: len(jobs) * (stop - start)])
+
+
+def _mask_targets(
+    result: dict[str, torch.Tensor], has_target: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Target metrics set to their fill value where a position has no target."""
+    if has_target is None:
+        return result
+    for name, spec in METRICS.items():
+        if "target" in spec.needs and name in result:
+            result[name] = result[name].masked_fill(~has_target, spec.fill)
+    return result
+
+
+_Chunk = tuple[dict[str, torch.Tensor], torch.Tensor]  # name -> [n, layer] values, [n] top-1
+
+
+def _read_chunk(
+    model: Any, lens: Lens, rows: _Rows, plan: _Plan, start: int, stop: int
+) -> list[_Chunk]:
+    """Every source's metrics at the positions ``start:stop`` of ``rows``, on the CPU."""
+    n, last, workspace = stop - start, plan.n_layers - 1, plan.workspace
+    values: list[list[dict[str, torch.Tensor]]] = [[{}] * plan.n_layers for _ in plan.starts]
+    finals: list[FinalDistribution] = []
     with torch.no_grad():
-        for start in range(0, n_rows, chunk):
-            stop = min(start + chunk, n_rows)
-            n = stop - start
-            tgt = None
-            if row_targets is not None:
-                tgt = row_targets[start:stop]
-                has_target = tgt >= 0
-                tgt = tgt.clamp_min(0)
-            teacher_logprobs = None
-            if teacher_rows is not None:
-                teacher_logprobs = teacher_distribution(
-                    read_logits(
-                        teacher_model, teacher_rows[start:stop], out=workspace.teacher_buffer(n)
-                    ),
+        targets, has_target = _chunk_targets(rows, start, stop)
+        teacher_logprobs = _chunk_teacher(rows, workspace, start, stop)
+        group = workspace.layer_group
+        for first in range(0, len(plan.jobs), group):
+            jobs = plan.jobs[first : first + group]
+            logits = _unembed(model, lens, rows, plan, jobs, start, stop)
+            for j, (source, layer) in enumerate(jobs):
+                block = logits[j * n : (j + 1) * n]
+                if layer == last:  # final layers come first, in source order
+                    finals.append(final_distribution(block, workspace, slot=source))
+                readers = plan.readers(source, layer)
+                results = layer_metrics(
+                    block,
+                    [finals[r] for r in readers],
+                    targets,
                     workspace,
+                    teacher_logprobs=teacher_logprobs,
+                    extra=plan.extra,
                 )
-            values: list[list[dict[str, torch.Tensor]]] = [
-                [{} for _ in range(n_layers)] for _ in range(n_sources)
-            ]
-            finals: list[FinalDistribution] = []
-            for first in range(0, len(jobs), group):
-                batch = jobs[first : first + group]
-                stacked = torch.cat(
-                    [
-                        streams[source][layer, start:stop]
-                        if layer == n_layers - 1
-                        else lens.translate(layer, streams[source][layer, start:stop])
-                        for source, layer in batch
-                    ]
-                )
-                logits = read_logits(model, stacked, out=workspace.logits[: len(batch) * n])
-                for j, (source, layer) in enumerate(batch):
-                    block = logits[j * n : (j + 1) * n]
-                    if layer == n_layers - 1:
-                        finals.append(final_distribution(block, workspace, slot=source))
-                        top1_chunks[source].append(finals[source].top1)
-                        readers = [source]
-                    elif source == 0:
-                        readers = [0] + [v for v in range(1, n_sources) if starts[v] > layer]
-                    else:
-                        readers = [source]
-                    results = layer_metrics(
-                        block,
-                        [finals[r] for r in readers],
-                        tgt,
-                        workspace,
-                        teacher_logprobs=teacher_logprobs,
-                    )
-                    for reader, result in zip(readers, results, strict=True):
-                        if tgt is not None:
-                            result["target_logprob"] = result["target_logprob"].masked_fill(
-                                ~has_target, torch.nan
-                            )
-                            result["target_rank"] = result["target_rank"].masked_fill(
-                                ~has_target, -1
-                            )
-                        values[reader][layer] = result
-            for source in range(n_sources):
-                for name in names:
-                    flat[source][name].append(
-                        torch.stack([v[name] for v in values[source]], dim=-1).cpu()
-                    )
-    read_cpu = read.cpu()
+                for reader, result in zip(readers, results, strict=True):
+                    values[reader][layer] = _mask_targets(result, has_target)
     return [
-        _assemble(flat[source], top1_chunks[source], read_cpu, names, n_layers)
-        for source in range(n_sources)
+        (
+            {name: torch.stack([v[name] for v in per_layer], dim=-1).cpu() for name in plan.names},
+            finals[source].top1.cpu(),
+        )
+        for source, per_layer in enumerate(values)
     ]
 
 
 def _assemble(
-    flat: dict[str, list[torch.Tensor]],
-    top1_chunks: list[torch.Tensor],
-    read: torch.Tensor,
-    names: list[str],
-    n_layers: int,
+    chunks: list[_Chunk], read: torch.Tensor, names: list[str], n_layers: int
 ) -> LensReadout:
+    """One source's chunks scattered back to [batch, pos, layer], unread positions filled."""
     batch, pos = read.shape
     metrics = {}
     for name in names:
-        values = torch.cat(flat[name]) if flat[name] else torch.empty(0, n_layers)
-        if name in _FLOAT_METRICS:
-            full = torch.full((batch, pos, n_layers), torch.nan, dtype=torch.float32)
-        elif name == "top1_agree":
-            full = torch.zeros((batch, pos, n_layers), dtype=torch.bool)
-        else:
-            full = torch.full((batch, pos, n_layers), -1, dtype=torch.int64)
-        full[read] = values.to(full.dtype)
+        spec = METRICS[name]
+        parts = [values[name] for values, _ in chunks]
+        values = torch.cat(parts) if parts else torch.empty(0, n_layers)
+        full = torch.full((batch, pos, n_layers), spec.fill, dtype=spec.dtype)
+        full[read] = values.to(spec.dtype)
         metrics[name] = full
     final_top1 = torch.full((batch, pos), -1, dtype=torch.int64)
-    if top1_chunks:
-        final_top1[read] = torch.cat(top1_chunks).cpu()
+    if chunks:
+        final_top1[read] = torch.cat([top1 for _, top1 in chunks])
     return LensReadout(metrics=metrics, read=read, final_top1=final_top1, n_layers=n_layers)

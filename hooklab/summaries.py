@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from hooklab.errors import HooklabError
+from hooklab.metric_specs import SUMMARY_METRICS
 from hooklab.metrics import LATE_START_DEPTH, commitment_layer, late_layers, layers_label
 from hooklab.stats import bootstrap_mean_ci
 
@@ -23,14 +24,7 @@ __all__ = [
     "commitment_summary",
 ]
 
-DEFAULT_METRICS = (
-    "kl_to_final",
-    "kl_final_to_layer",
-    "entropy",
-    "top1_agree",
-    "final_top1_rank",
-    "final_top1_prob",
-)
+DEFAULT_METRICS = SUMMARY_METRICS
 
 
 def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:

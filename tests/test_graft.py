@@ -4,6 +4,7 @@ histories and the command line."""
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -15,14 +16,24 @@ from hooklab.cli import main
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream
 from hooklab.graft.effects import graft_effects
-from hooklab.graft.engine import graft_hooks, mlp_out_hooks
+from hooklab.graft.engine import (
+    graft_hooks,
+    mlp_out_hooks,
+    module_change_norms,
+    random_directions,
+)
 from hooklab.graft.histories import load_histories, make_histories, save_histories
 from hooklab.graft.sweep import GraftConfig, run_graft
 from hooklab.graft.windows import parse_windows
 from hooklab.lens import LogitLens
 from hooklab.metrics import late_layers, layers_label
 from hooklab.prompts import load_prompts
-from hooklab.synthetic import TINY_SHAPES, write_mlp_swapped_checkpoint
+from hooklab.synthetic import (
+    TINY_SHAPES,
+    write_mlp_swapped_checkpoint,
+    write_perturbed_checkpoint,
+)
+from tests.graft_reference import max_difference, naive_graft
 
 LENSES = {"pt": LogitLens(), "it": LogitLens()}
 
@@ -90,69 +101,141 @@ def test_self_graft_and_graft_between_identical_models_change_nothing(tiny_pair,
     residual_stream(
         twins.it, tokens, attention_mask=mask, fwd_hooks=mlp_out_hooks(twins.n_layers, donor)
     )
+    every = range(twins.n_layers)
     for mode in ("module", "splice", "random"):
         for host, donor_model in ((twins.pt, twins.pt), (twins.pt, twins.it)):
+            norms = module_change_norms(host, donor_model, tokens, every, attention_mask=mask)
+            assert all(float(n.abs().max()) == 0 for n in norms.values())
             hooks_ = graft_hooks(
                 host,
                 donor_model,
-                range(twins.n_layers),
+                every,
                 mode,
                 donor_mlp_out=donor,
+                module_norms=norms,
                 row_keys=["a", "b"],
             )
             grafted = residual_stream(host, tokens, attention_mask=mask, fwd_hooks=hooks_)
             assert torch.equal(grafted.resid_post, base), mode
 
 
-def test_random_control_moves_mlp_out_by_exactly_the_true_grafts_norm(tiny_pair):
+def test_random_control_matches_the_module_grafts_norm_at_every_layer(tiny_pair):
+    # The control's change at each layer has the norm of the module graft's change at that
+    # layer in the module graft's own pass, not on the already randomised stream.
     tiny = tiny_pair("gemma3")
     pair = hooklab.load_pair(pt=tiny.pt, it=tiny.it, device="cpu")
     tokens, mask = _tokens()
-    record: dict = {}
-    hooks_ = graft_hooks(
-        pair.pt, pair.it, [1, 2], "random", row_keys=["p1", "p2"], seed=5, record=record
-    )
-    residual_stream(pair.pt, tokens, attention_mask=mask, fwd_hooks=hooks_)
-    for layer in (1, 2):
-        moved = (record[layer]["new_out"] - record[layer]["host_out"]).norm(dim=-1)
-        assert torch.allclose(moved, record[layer]["module_delta_norm"], rtol=1e-5, atol=1e-6)
-        assert float(record[layer]["module_delta_norm"].min()) > 0
-    # the direction is not the true graft's (the control differs only in direction)
+    window = [1, 2, 3]
     module_record: dict = {}
+    norms: dict = {}
     residual_stream(
         pair.pt,
         tokens,
         attention_mask=mask,
-        fwd_hooks=graft_hooks(pair.pt, pair.it, [1], "module", record=module_record),
+        fwd_hooks=graft_hooks(
+            pair.pt, pair.it, window, "module", record=module_record, record_norms=norms
+        ),
     )
-    true_delta = module_record[1]["new_out"] - module_record[1]["host_out"]
-    random_delta = record[1]["new_out"] - record[1]["host_out"]
-    cosine = torch.nn.functional.cosine_similarity(true_delta, random_delta, dim=-1)
-    assert float(cosine.abs().mean()) < 0.5
+    record: dict = {}
+    hooks_ = graft_hooks(
+        pair.pt,
+        pair.it,
+        window,
+        "random",
+        row_keys=["p1", "p2"],
+        seed=5,
+        module_norms=norms,
+        record=record,
+    )
+    residual_stream(pair.pt, tokens, attention_mask=mask, fwd_hooks=hooks_)
+    real = mask.bool()
+    for layer in window:
+        true_change = module_record[layer]["new_out"] - module_record[layer]["host_out"]
+        moved = (record[layer]["new_out"] - record[layer]["host_out"]).norm(dim=-1)[real]
+        assert float(true_change.norm(dim=-1)[real].min()) > 0
+        ratio = moved / true_change.norm(dim=-1)[real]
+        assert torch.allclose(ratio, torch.ones_like(ratio), rtol=1e-5, atol=0), layer
+        # the direction is not the true graft's (the control differs only in direction)
+        random_change = record[layer]["new_out"] - record[layer]["host_out"]
+        cosine = torch.nn.functional.cosine_similarity(true_change, random_change, dim=-1)
+        assert float(cosine[real].abs().mean()) < 0.5
+    with pytest.raises(HooklabError, match="random mode needs module_norms"):
+        graft_hooks(pair.pt, pair.it, window, "random", row_keys=["p1", "p2"])
 
 
 def test_random_control_is_seeded_per_prompt_not_per_batch(tiny_pair):
     tiny = tiny_pair("llama")
     pair = hooklab.load_pair(pt=tiny.pt, it=tiny.it, device="cpu")
     tokens, _ = _tokens()
-    both = residual_stream(
-        pair.pt,
-        tokens,
-        fwd_hooks=graft_hooks(pair.pt, pair.it, [2], "random", row_keys=["x", "y"], seed=1),
-    ).resid_post
-    second = residual_stream(
-        pair.pt,
-        tokens[1:],
-        fwd_hooks=graft_hooks(pair.pt, pair.it, [2], "random", row_keys=["y"], seed=1),
-    ).resid_post
+
+    def grafted(rows, keys, seed):
+        norms = module_change_norms(pair.pt, pair.it, tokens[rows], [2])
+        hooks_ = graft_hooks(
+            pair.pt, pair.it, [2], "random", row_keys=keys, seed=seed, module_norms=norms
+        )
+        return residual_stream(pair.pt, tokens[rows], fwd_hooks=hooks_).resid_post
+
+    both = grafted(slice(0, 2), ["x", "y"], 1)
+    second = grafted(slice(1, 2), ["y"], 1)
     # equal up to batch-size float noise (~2e-6 even without a graft); another seed is far off
     assert torch.allclose(both[:, 1], second[:, 0], atol=1e-5)
-    other_seed = residual_stream(
-        pair.pt,
-        tokens,
-        fwd_hooks=graft_hooks(pair.pt, pair.it, [2], "random", row_keys=["x", "y"], seed=2),
-    ).resid_post
-    assert not torch.allclose(both, other_seed)
+    assert not torch.allclose(both, grafted(slice(0, 2), ["x", "y"], 2))
+
+
+@pytest.mark.parametrize("d_model", [20, 64, 100])
+def test_random_directions_do_not_depend_on_padding_or_other_rows(d_model):
+    alone = random_directions(["a"], 3, 2, 7, d_model)
+    batched = random_directions(["b", "a"], 3, 2, 13, d_model)
+    assert torch.equal(batched[1, :7], alone[0])
+    assert torch.allclose(alone.norm(dim=-1), torch.ones(1, 7))
+    assert not torch.equal(batched[0, :7], alone[0])  # another key, other directions
+    assert not torch.equal(random_directions(["a"], 3, 1, 7, d_model), alone)  # another layer
+
+
+@pytest.fixture(scope="module")
+def odd_pair(tiny_checkpoint, tiny_root):
+    """``odd_pair(d_model)``: a tiny llama pair whose d_model is not a multiple of 16."""
+    made = {}
+
+    def make(d_model: int):
+        if d_model not in made:
+            pt = tiny_checkpoint(
+                "llama",
+                f"llama-d{d_model}",
+                hidden_size=d_model,
+                intermediate_size=2 * d_model,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+            )
+            it = write_perturbed_checkpoint(pt, tiny_root / "single" / f"llama-d{d_model}-it")
+            made[d_model] = hooklab.load_pair(pt=pt, it=it, device="cpu")
+        return made[d_model]
+
+    return make
+
+
+@pytest.mark.parametrize("d_model", [20, 100])
+def test_random_graft_of_a_history_does_not_depend_on_padding(odd_pair, d_model):
+    # One [pos, d_model] draw per row differed at a row's last position whenever
+    # pos * d_model is not a multiple of 16 (torch's sampler redraws the last 16 values).
+    pair = odd_pair(d_model)
+    tokens = torch.randint(5, 500, (2, 12), generator=torch.Generator().manual_seed(6))
+    tokens[:, 0] = 0
+    mask = torch.ones_like(tokens)
+    mask[0, 7:] = 0  # the history "short" has 7 tokens; batched, it is padded to 12
+
+    def grafted(rows: slice, keys: list[str], length: int) -> torch.Tensor:
+        t, m = tokens[rows, :length], mask[rows, :length]
+        norms = module_change_norms(pair.pt, pair.it, t, [1, 2], attention_mask=m)
+        hooks_ = graft_hooks(
+            pair.pt, pair.it, [1, 2], "random", row_keys=keys, seed=4, module_norms=norms
+        )
+        return residual_stream(pair.pt, t, attention_mask=m, fwd_hooks=hooks_).resid_post
+
+    batched = grafted(slice(0, 2), ["short", "long"], 12)[:, 0, :7]
+    alone = grafted(slice(0, 1), ["short"], 7)[:, 0]
+    # batch-size float noise only (~5e-6); other directions move the stream by ~1e-1
+    assert torch.allclose(batched, alone, atol=2e-5)
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +259,44 @@ def sweep(tiny_pair):
 
 def test_optimised_sweep_equals_the_naive_sweep(sweep):
     pair, histories, config, fast = sweep
-    naive = run_graft(pair, histories, config, lenses=LENSES, progress=False, reuse=False)
-    numbers = fast.select_dtypes("number").columns
-    difference = (fast[numbers] - naive[numbers]).abs().max().max()
-    assert difference <= 1e-5
+    naive = naive_graft(pair, histories, config, lenses=LENSES)
+    assert max_difference(fast, naive) <= 1e-5
+    pd.testing.assert_frame_equal(
+        fast.select_dtypes(exclude="number"), naive.select_dtypes(exclude="number")
+    )
+
+
+def test_random_only_sweep_equals_the_naive_sweep_and_the_full_sweep(sweep):
+    # with no module mode, the sweep runs the module graft for the random control's norms
+    pair, histories, config, full = sweep
+    only = GraftConfig(
+        directions=config.directions, modes=("random",), windows=config.windows, batch_size=2
+    )
+    fast = run_graft(pair, histories, only, lenses=LENSES, progress=False)
+    assert max_difference(fast, naive_graft(pair, histories, only, lenses=LENSES)) <= 1e-5
+    keys = ["prompt_id", "direction", "mode", "window", "layer"]
+    ours = fast.set_index(keys)["kl_to_final"]
+    in_full = full.set_index(keys)["kl_to_final"].loc[ours.index]
+    assert float((ours - in_full).abs().max()) <= 1e-5
+
+
+def test_opt_in_metric_adds_a_column_and_changes_no_other(sweep):
+    pair, histories, config, table = sweep
+    with_js = GraftConfig(
+        directions=config.directions,
+        modes=config.modes,
+        windows=config.windows,
+        batch_size=2,
+        metrics=("js_to_final",),
+    )
+    more = run_graft(pair, histories, with_js, lenses=LENSES, progress=False)
+    assert set(more.columns) - set(table.columns) == {"js_to_final", "delta_js_to_final"}
+    pd.testing.assert_frame_equal(more[table.columns], table)
+    js = more["js_to_final"]
+    assert (more.loc[more["layer"] == pair.n_layers - 1, "js_to_final"] == 0).all()
+    assert (js > 1e-4).any() and (js <= math.log(2)).all()
+    with pytest.raises(HooklabError, match="metrics=entropy: not an opt-in metric"):
+        GraftConfig(metrics=("entropy",))
 
 
 def test_graft_table(sweep):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import doctest
+import math
 from fractions import Fraction
 
 import pytest
 import torch
 
 import hooklab.metrics
+from hooklab.errors import HooklabError
+from hooklab.metric_specs import METRICS, metric_names
 from hooklab.metrics import (
     chunk_metrics,
     commitment_layer,
@@ -16,6 +19,9 @@ from hooklab.metrics import (
     late_layers,
     layers_label,
 )
+
+#: every metric computed without a teacher, the opt-in ones included
+ALL_BUT_TEACHER = metric_names({"target"}, [s.name for s in METRICS.values() if s.opt_in])
 
 
 def brute_force(layer_logits: torch.Tensor, final_logits: torch.Tensor, targets: torch.Tensor):
@@ -26,6 +32,9 @@ def brute_force(layer_logits: torch.Tensor, final_logits: torch.Tensor, targets:
     order = torch.argsort(layer_logits, dim=-1, descending=True)
     rank_of = lambda token: (order == token.unsqueeze(-1)).float().argmax(-1)  # noqa: E731
     rows = torch.arange(len(top))
+    p, q = lp.exp(), lf.exp()
+    log_m = torch.log((p + q) / 2)
+    kl_to_m = lambda probs, logs: torch.where(probs > 0, probs * (logs - log_m), 0).sum(-1)  # noqa: E731
     return {
         "kl_to_final": (lp.exp() * (lp - lf)).sum(-1),
         "kl_final_to_layer": (lf.exp() * (lf - lp)).sum(-1),
@@ -35,6 +44,7 @@ def brute_force(layer_logits: torch.Tensor, final_logits: torch.Tensor, targets:
         "final_top1_prob": lp.exp()[rows, top],
         "target_logprob": lp[rows, targets],
         "target_rank": rank_of(targets),
+        "js_to_final": 0.5 * kl_to_m(p, lp) + 0.5 * kl_to_m(q, lf),
     }
 
 
@@ -46,10 +56,43 @@ def test_chunk_metrics_equal_brute_force(vocab):
     layer[0] = final[0]  # one row identical to the final: KL 0, rank 0, agreement
     targets = torch.randint(0, vocab, (16,), generator=generator)
     expected = brute_force(layer, final, targets)
-    got = chunk_metrics(layer.clone(), final_distribution(final), targets)
+    got = chunk_metrics(layer.clone(), final_distribution(final), targets, extra=["js_to_final"])
+    assert set(got) == set(expected) == set(ALL_BUT_TEACHER)
     for name, value in expected.items():
         assert torch.allclose(got[name].double(), value.double(), atol=5e-5, rtol=1e-5), name
     assert got["kl_to_final"][0] == 0 and got["final_top1_rank"][0] == 0
+    assert got["js_to_final"][0] == 0
+
+
+def test_js_to_final_where_probabilities_underflow():
+    # logits 100 apart: float32 probabilities underflow to 0 in both distributions
+    generator = torch.Generator().manual_seed(0)
+    final = torch.randn(8, 300, generator=generator) * 60
+    layer = torch.randn(8, 300, generator=generator) * 60
+    layer[:, :2] = final[:, :2] = 0.0
+    layer[:, 0], final[:, 1] = 500.0, 500.0  # disjoint peaks: JS near log 2
+    expected = brute_force(layer, final, torch.zeros(8, dtype=torch.long))["js_to_final"]
+    got = chunk_metrics(layer.clone(), final_distribution(final), extra=["js_to_final"])
+    assert torch.isfinite(got["js_to_final"]).all()
+    assert torch.allclose(got["js_to_final"].double(), expected, atol=1e-6)
+    assert abs(float(expected[0]) - math.log(2)) < 1e-6
+
+
+def test_js_to_final_is_opt_in_and_the_default_tables_keep_their_columns():
+    assert "js_to_final" not in metric_names()
+    assert metric_names()[:7] == [
+        "kl_to_final",
+        "kl_to_teacher",
+        "kl_final_to_layer",
+        "entropy",
+        "top1_agree",
+        "final_top1_rank",
+        "final_top1_prob",
+    ]
+    assert metric_names(extra=["js_to_final"])[-1] == "js_to_final"
+    assert "target_rank" not in metric_names({"teacher"})
+    with pytest.raises(HooklabError, match="metrics=entropy: not an opt-in metric"):
+        metric_names(extra=["entropy"])
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,10 @@ import transformers
 from transformer_lens.tools.analysis import logit_lens
 
 import hooklab
+from hooklab.metric_specs import METRICS
 from hooklab.stream import read_lens
 from hooklab.synthetic import TINY_SHAPES
-from tests.test_metrics import brute_force
+from tests.test_metrics import ALL_BUT_TEACHER, brute_force
 
 
 def _batch(vocab: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,7 +57,10 @@ def test_every_metric_equals_brute_force_from_hugging_face(tiny_pair, shape):
     tiny = tiny_pair(shape)
     pair = hooklab.load_pair(pt=tiny.pt, it=tiny.it, device="cpu")
     tokens, mask, targets = _batch()
-    got = read_lens(pair.it, tokens, attention_mask=mask, targets=targets, chunk_rows=4)
+    got = read_lens(
+        pair.it, tokens, attention_mask=mask, targets=targets, chunk_rows=4, metrics=["js_to_final"]
+    )
+    assert list(got.metrics) == ALL_BUT_TEACHER
     reference = _hf_reference(tiny.it, tokens, mask)
     final = reference[-1]
     for b in range(tokens.shape[0]):
@@ -66,7 +70,7 @@ def test_every_metric_equals_brute_force_from_hugging_face(tiny_pair, shape):
             expected = brute_force(logits[b, :n], final[b, :n], targets[b, :n].clamp_min(0))
             for name, value in expected.items():
                 ours = got.metrics[name][b, :n, layer]
-                if name.startswith("target"):
+                if "target" in METRICS[name].needs:
                     ours, value = ours[has_target], value[has_target]
                 assert torch.allclose(ours.double(), value.double(), atol=5e-5, rtol=1e-4), (
                     shape,

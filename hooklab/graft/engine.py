@@ -6,14 +6,17 @@ residual) is replaced by
 * ``module``: the donor's MLP path (pre-norm, MLP, post-norm, via the architecture adapter)
   applied to the host's own ``hook_resid_mid`` at that layer;
 * ``splice``: the donor's own ``hook_mlp_out`` from its forward pass on the same tokens;
-* ``random``: the host's output plus a random direction scaled, per token, to the norm of the
-  change the ``module`` graft would make there, so that only the direction differs.
+* ``random``: the host's output plus a random direction scaled, per token and layer, to the
+  norm of the change the ``module`` graft makes there *in the module graft's own pass* (its
+  norms are recorded by that pass and handed to this one), so that only the direction
+  differs. Directions are drawn per (prompt key, layer, position): independent of batching
+  and padding.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,10 +24,18 @@ import torch
 from hooklab import hooks
 from hooklab.architectures import mlp_output
 from hooklab.errors import HooklabError
-from hooklab.forward import HookFn
+from hooklab.forward import HookFn, residual_stream
 from hooklab.moe import moe_part_output
 
-__all__ = ["MODES", "DIRECTIONS", "graft_hooks", "row_seed", "mlp_out_hooks"]
+__all__ = [
+    "MODES",
+    "DIRECTIONS",
+    "graft_hooks",
+    "module_change_norms",
+    "position_seed",
+    "random_directions",
+    "mlp_out_hooks",
+]
 
 MODES = ("module", "splice", "random")
 
@@ -38,22 +49,55 @@ DIRECTIONS: dict[str, tuple[str, str]] = {
 }
 
 
-def row_seed(seed: int, key: str, layer: int) -> int:
-    """A 63-bit seed for one (sequence, layer), independent of batching and device."""
-    digest = hashlib.sha256(f"{seed}\x00{key}\x00{layer}".encode()).digest()
+def position_seed(seed: int, key: str, layer: int, position: int) -> int:
+    """A 63-bit seed for one (sequence, layer, position), independent of batching and device."""
+    digest = hashlib.sha256(f"{seed}\x00{key}\x00{layer}\x00{position}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _random_directions(
-    shape: tuple[int, int, int], keys: Sequence[str], seed: int, layer: int, like: torch.Tensor
+def random_directions(
+    keys: Sequence[str], seed: int, layer: int, n_positions: int, d_model: int
 ) -> torch.Tensor:
-    """[batch, pos, d_model] unit-norm Gaussian directions, one generator per row."""
-    rows = []
-    for key in keys:
-        generator = torch.Generator().manual_seed(row_seed(seed, key, layer))
-        rows.append(torch.randn(shape[1:], generator=generator, dtype=torch.float32))
-    directions = torch.stack(rows).to(device=like.device)
-    return directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    """[batch, pos, d_model] float32 unit-norm Gaussian directions on the CPU.
+
+    Each (key, position) vector comes from its own generator, seeded by :func:`position_seed`:
+    a prompt's directions do not depend on the other rows, the padded length or ``d_model``
+    being a multiple of anything (a single draw of [pos, d_model] does, through torch's
+    vectorised sampler).
+    """
+    out = torch.empty((len(keys), n_positions, d_model), dtype=torch.float32)
+    generator = torch.Generator()
+    for row, key in enumerate(keys):
+        for position in range(n_positions):
+            generator.manual_seed(position_seed(seed, key, layer, position))
+            torch.randn(d_model, generator=generator, out=out[row, position])
+    return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def _check_mode(
+    mode: str,
+    layers: Sequence[int],
+    donor_mlp_out: Mapping[int, torch.Tensor] | None,
+    module_norms: Mapping[int, torch.Tensor] | None,
+    row_keys: Sequence[str] | None,
+    part: str,
+) -> None:
+    if mode not in MODES:
+        raise HooklabError(f"mode={mode!r}: use one of {', '.join(MODES)}.")
+    if mode == "splice" and (donor_mlp_out is None or any(x not in donor_mlp_out for x in layers)):
+        raise HooklabError("splice mode needs the donor's hook_mlp_out at every window layer.")
+    if mode == "splice" and part != "mlp":
+        raise HooklabError(
+            f"part={part!r} needs mode 'module' or 'random': splice copies the "
+            "donor's whole hook_mlp_out."
+        )
+    if mode == "random" and row_keys is None:
+        raise HooklabError("random mode needs row_keys (one key per batch row) for its seeds.")
+    if mode == "random" and (module_norms is None or any(x not in module_norms for x in layers)):
+        raise HooklabError(
+            "random mode needs module_norms: the module graft's change norms at every window "
+            "layer, recorded by its own pass (record_norms=, or module_change_norms())."
+        )
 
 
 def graft_hooks(
@@ -62,7 +106,9 @@ def graft_hooks(
     layers: Sequence[int],
     mode: str,
     *,
-    donor_mlp_out: dict[int, torch.Tensor] | None = None,
+    donor_mlp_out: Mapping[int, torch.Tensor] | None = None,
+    module_norms: Mapping[int, torch.Tensor] | None = None,
+    record_norms: dict[int, torch.Tensor] | None = None,
     row_keys: Sequence[str] | None = None,
     seed: int = 0,
     part: str = "mlp",
@@ -78,6 +124,10 @@ def graft_hooks(
         mode: ``"module"``, ``"splice"`` or ``"random"``.
         donor_mlp_out: for ``splice``, layer -> the donor's [batch, pos, d_model]
             ``hook_mlp_out`` on the same tokens.
+        module_norms: for ``random``, layer -> [batch, pos] norm of the module graft's change
+            at that layer in the module graft's own pass (its ``record_norms``).
+        record_norms: for ``module``, filled with layer -> [batch, pos] float32 norm of the
+            change the graft makes to ``hook_mlp_out``.
         row_keys: for ``random``, one key per batch row (e.g. the prompt id), so each row's
             noise depends on it and the seed only, not on batching.
         seed: seed of the random control.
@@ -85,63 +135,88 @@ def graft_hooks(
             (the whole MLP path, the default and the only choice for dense families),
             ``moe``, ``shared`` or ``routed`` experts; dense layers always take the whole path.
         router: for ``part="routed"``, whose router picks the experts: ``host`` or ``donor``.
-        record: if given, filled per layer with ``host_out``, ``new_out`` and
-            ``module_delta_norm`` (for checks).
+        record: if given, filled per layer with ``host_out``, ``new_out`` and (random mode)
+            ``module_delta_norm``, the norm it was scaled to (for checks).
     """
-    if mode not in MODES:
-        raise HooklabError(f"mode={mode!r}: use one of {', '.join(MODES)}.")
-    if mode == "splice" and (donor_mlp_out is None or any(x not in donor_mlp_out for x in layers)):
-        raise HooklabError("splice mode needs the donor's hook_mlp_out at every window layer.")
-    if mode == "splice" and part != "mlp":
-        raise HooklabError(
-            f"part={part!r} needs mode 'module' or 'random': splice copies the "
-            "donor's whole hook_mlp_out."
-        )
-    if mode == "random" and row_keys is None:
-        raise HooklabError("random mode needs row_keys (one key per batch row) for its seeds.")
+    _check_mode(mode, layers, donor_mlp_out, module_norms, row_keys, part)
     resid_mid: dict[int, torch.Tensor] = {}
-    out: list[HookFn] = []
-    for layer in layers:
 
-        def keep_resid_mid(activation: torch.Tensor, hook: Any, layer: int = layer) -> None:
+    def keep_resid_mid(layer: int):
+        def hook(activation: torch.Tensor, **_: Any) -> None:
             resid_mid[layer] = activation
 
-        def replace_mlp_out(activation: torch.Tensor, hook: Any, layer: int = layer):
+        return hook
+
+    def module_out(layer: int, activation: torch.Tensor) -> torch.Tensor:
+        mid = resid_mid.pop(layer)
+        grafted = (
+            mlp_output(donor, layer, mid)
+            if part == "mlp"
+            else moe_part_output(host, donor, layer, mid, part, router=router)
+        )
+        if record_norms is not None:
+            record_norms[layer] = (grafted - activation).float().norm(dim=-1)
+        return grafted
+
+    def random_out(layer: int, activation: torch.Tensor) -> torch.Tensor:
+        batch, n_positions, d_model = activation.shape
+        direction = random_directions(row_keys, seed, layer, n_positions, d_model)  # type: ignore[arg-type]
+        norm = module_norms[layer].to(activation.device, torch.float32)  # type: ignore[index]
+        if record is not None:
+            record.setdefault(layer, {})["module_delta_norm"] = norm
+        moved = direction.to(activation.device) * norm.unsqueeze(-1)
+        return (activation.float() + moved).to(activation.dtype)
+
+    def replace_mlp_out(layer: int):
+        def hook(activation: torch.Tensor, **_: Any) -> torch.Tensor:
             if mode == "splice":
                 new = donor_mlp_out[layer].to(activation.device, activation.dtype)  # type: ignore[index]
-                delta_norm = None
+            elif mode == "module":
+                new = module_out(layer, activation)
             else:
-                mid = resid_mid.pop(layer)
-                grafted = (
-                    mlp_output(donor, layer, mid)
-                    if part == "mlp"
-                    else moe_part_output(host, donor, layer, mid, part, router=router)
-                )
-                if mode == "module":
-                    new, delta_norm = grafted, None
-                else:
-                    delta_norm = (grafted - activation).float().norm(dim=-1, keepdim=True)
-                    direction = _random_directions(
-                        tuple(activation.shape), row_keys, seed, layer, activation
-                    )
-                    new = (activation.float() + direction * delta_norm).to(activation.dtype)
+                new = random_out(layer, activation)
             if record is not None:
-                record[layer] = {"host_out": activation.detach().clone(), "new_out": new.detach()}
-                if delta_norm is not None:
-                    record[layer]["module_delta_norm"] = delta_norm.squeeze(-1)
+                entry = record.setdefault(layer, {})
+                entry.update(host_out=activation.detach().clone(), new_out=new.detach())
             return new
 
-        if mode != "splice":
-            out.append((hooks.resid_mid(layer), keep_resid_mid))
-        out.append((hooks.mlp_out(layer), replace_mlp_out))
+        return hook
+
+    out: list[HookFn] = []
+    for layer in layers:
+        if mode == "module":
+            out.append((hooks.resid_mid(layer), keep_resid_mid(layer)))
+        out.append((hooks.mlp_out(layer), replace_mlp_out(layer)))
     return out
+
+
+def module_change_norms(
+    host: Any,
+    donor: Any,
+    tokens: torch.Tensor,
+    layers: Sequence[int],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    part: str = "mlp",
+    router: str = "host",
+) -> dict[int, torch.Tensor]:
+    """Layer -> [batch, pos] norm of the module graft's change, from a full module pass.
+
+    What ``random`` mode's ``module_norms`` wants when no module pass was run anyway.
+    """
+    norms: dict[int, torch.Tensor] = {}
+    fwd_hooks = graft_hooks(
+        host, donor, layers, "module", part=part, router=router, record_norms=norms
+    )
+    residual_stream(host, tokens, attention_mask=attention_mask, fwd_hooks=fwd_hooks)
+    return norms
 
 
 def mlp_out_hooks(n_layers: int, store: dict[int, torch.Tensor]) -> list[HookFn]:
     """Hooks that keep every layer's ``hook_mlp_out`` in ``store`` (a donor pass for splice)."""
 
     def keep(layer: int):
-        def hook(activation: torch.Tensor, hook: Any) -> None:
+        def hook(activation: torch.Tensor, **_: Any) -> None:
             store[layer] = activation.detach()
 
         return hook

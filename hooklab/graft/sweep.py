@@ -1,15 +1,17 @@
 """A graft sweep: directions x modes x windows over shared histories, without redoing work.
 
 Per batch of histories, each model's ungrafted pass runs once and keeps its residual stream,
-its block inputs and (for splice) its MLP outputs; every window then reruns only the host's
-blocks from the window's first layer on (:func:`~hooklab.forward.resume_residual_stream`).
-The naive way (``reuse=False``: one donor pass and one full host pass per window) gives the
-same numbers and exists for checks and benchmarks.
+its block inputs and its MLP outputs (for splice); every window then reruns only the host's
+blocks from the window's first layer on (:func:`~hooklab.forward.resume_residual_stream`),
+and the windows' streams are read together with the ungrafted one, sharing its early layers
+(:func:`~hooklab.stream.read_variants`). A random control is scaled to the norms the module
+graft of the same window and part recorded in its own pass (run for the norms alone when the
+module graft itself is not asked for).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from hooklab.architectures import model_device
 from hooklab.conditions import pad_batch
 from hooklab.config import Config
 from hooklab.errors import HooklabError
@@ -26,18 +29,17 @@ from hooklab.graft.engine import DIRECTIONS, MODES, graft_hooks, mlp_out_hooks
 from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.lens import Lens
-from hooklab.metrics import METRIC_NAMES, Workspace
+from hooklab.metric_specs import METRICS, check_extra_metrics
+from hooklab.metrics import Workspace
 from hooklab.moe import check_parts
 from hooklab.stream import LensReadout, read_variants
 from hooklab.types import Direction, Mode, MoEPart, Router
 
-__all__ = ["GraftConfig", "run_graft", "GRAFT_METRICS"]
+__all__ = ["GraftConfig", "run_graft", "prompt_means", "condition_rows", "finish_table"]
 
 #: Grafted streams read together with the ungrafted one (bounds memory: each is a full
 #: [layer, batch, pos, d_model] residual stream).
 _VARIANTS_PER_READ = 8
-
-GRAFT_METRICS = METRIC_NAMES
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class GraftConfig(Config):
     """First depth (layer / (L - 1)) of the late region; the final layer is never in it."""
     truncate_long_prompts: bool = False
     """Cut prompts longer than the model context (with a warning) instead of refusing them."""
+    metrics: tuple[str, ...] = ()
+    """Opt-in metrics added to the table (e.g. js_to_final)."""
 
     def __post_init__(self) -> None:
         directions = list(self.directions)
@@ -102,32 +106,54 @@ class GraftConfig(Config):
                 "expert-level parts need modes 'module' or 'random': splice "
                 "copies the donor's whole hook_mlp_out."
             )
+        check_extra_metrics(self.metrics, "metrics")
 
 
-def _per_prompt(readout: LensReadout) -> dict[str, np.ndarray]:
-    """Per (row, layer) means over the read positions, and the token count per row."""
+def prompt_means(readout: LensReadout) -> dict[str, np.ndarray]:
+    """Per (row, layer) means over the read positions, and the token count per row.
+
+    Metrics that need a target token average over the read positions that have one.
+    """
     read = readout.read.unsqueeze(-1)
     counts = readout.read.sum(dim=1)
     out = {}
     for name, values in readout.metrics.items():
-        values = values.double()
-        masked = torch.where(read, values, torch.zeros_like(values))
-        if name.startswith("target"):
-            valid = read & ~torch.isnan(values) & (values >= 0 if name == "target_rank" else True)
-            masked = torch.where(valid, values, torch.zeros_like(values))
-            out[name] = (masked.sum(1) / valid.sum(1).clamp_min(1)).numpy()
-        else:
-            out[name] = (masked.sum(1) / counts.clamp_min(1).unsqueeze(-1)).numpy()
+        spec = METRICS[name]
+        valid = read & ~spec.missing(values) if "target" in spec.needs else read
+        masked = torch.where(valid, values.double(), torch.zeros((), dtype=torch.float64))
+        denominator = valid.sum(1) if "target" in spec.needs else counts.unsqueeze(-1)
+        out[name] = (masked.sum(1) / denominator.clamp_min(1)).numpy()
     out["n_tokens"] = counts.numpy()
     return out
+
+
+@dataclass(frozen=True)
+class _Condition:
+    """One grafted stream per host: a mode, an MoE part and a window."""
+
+    mode: str
+    part: str
+    window: Window
+
+    @property
+    def norms_key(self) -> tuple[str, int, int]:
+        """Which module graft a random control takes its norms from."""
+        return (self.part, self.window.start, self.window.end)
+
+
+@dataclass(frozen=True)
+class _Direction:
+    name: str
+    host: str
+    donor: str
 
 
 class _Batch:
     """One batch of histories with each side's ungrafted pass, computed once."""
 
-    def __init__(self, pair: Any, batch: Sequence[History], sides: set[str], reuse: bool):
+    def __init__(self, pair: Any, batch: Sequence[History], sides: set[str]):
         pad = pair.tokenizer.pad_token_id
-        device = pair.pt.unembed.original_component.weight.device
+        device = model_device(pair.pt)
         tokens, mask, read, targets = pad_batch(batch, 0 if pad is None else int(pad))
         self.tokens, self.mask = tokens.to(device), mask.to(device)
         self.read, self.targets = read, targets
@@ -141,72 +167,152 @@ class _Batch:
                 self.tokens,
                 attention_mask=self.mask,
                 fwd_hooks=mlp_out_hooks(pair.n_layers, store),
-                keep_block_inputs=reuse,
+                keep_block_inputs=True,
             )
             self.mlp_out[side] = store
-
-    def metrics(
-        self,
-        pair: Any,
-        side: str,
-        streams: Sequence[ResidualStream],
-        lenses: dict[str, Lens],
-        workspace: Workspace,
-        starts: Sequence[int] = (),
-    ) -> list[dict[str, np.ndarray]]:
-        """Per-prompt lens metrics of ``streams[0]`` and of variants of it starting at
-        ``starts`` (sharing its earlier layers), with IT's final as the teacher."""
-        readouts = read_variants(
-            pair.models()[side],
-            streams[0].resid_post,
-            [(s, stream.resid_post) for s, stream in zip(starts, streams[1:], strict=True)],
-            self.read,
-            lenses[side],
-            targets=self.targets,
-            teacher=(pair.it, self.streams["it"].resid_post[-1]),
-            workspace=workspace,
-        )
-        return [_per_prompt(readout) for readout in readouts]
 
     def grafted(
         self,
         pair: Any,
-        host: str,
-        donor: str,
-        window: Window,
-        mode: str,
-        part: str,
+        direction: _Direction,
+        condition: _Condition,
         config: GraftConfig,
-        reuse: bool,
+        norms: dict[tuple[str, int, int], dict[int, torch.Tensor]],
     ) -> ResidualStream:
-        models = pair.models()
-        donor_out = self.mlp_out[donor]
-        if not reuse and mode == "splice":  # the naive way recomputes the donor per window
-            donor_out = {}
-            residual_stream(
-                models[donor],
-                self.tokens,
-                attention_mask=self.mask,
-                fwd_hooks=mlp_out_hooks(pair.n_layers, donor_out),
+        """The host's stream under one graft, resumed from the window's first layer.
+
+        A module graft records its change norms in ``norms``; a random control reads them
+        there (running the module graft for them first if it has not run).
+        """
+        key = condition.norms_key
+        if condition.mode == "random" and key not in norms:
+            self.grafted(
+                pair,
+                direction,
+                _Condition("module", condition.part, condition.window),
+                config,
+                norms,
             )
+        models = pair.models()
         hooks_ = graft_hooks(
-            models[host],
-            models[donor],
-            window.layers,
-            mode,
-            donor_mlp_out=donor_out,
+            models[direction.host],
+            models[direction.donor],
+            condition.window.layers,
+            condition.mode,
+            donor_mlp_out=self.mlp_out[direction.donor],
+            module_norms=norms.get(key),
+            record_norms=norms.setdefault(key, {}) if condition.mode == "module" else None,
             row_keys=self.keys,
             seed=config.seed,
-            part=part,
+            part=condition.part,
             router=config.router,
         )
-        if reuse:
-            return resume_residual_stream(
-                models[host], self.streams[host], window.start, fwd_hooks=hooks_
-            )
-        return residual_stream(
-            models[host], self.tokens, attention_mask=self.mask, fwd_hooks=hooks_
+        return resume_residual_stream(
+            models[direction.host],
+            self.streams[direction.host],
+            condition.window.start,
+            fwd_hooks=hooks_,
         )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every batch does."""
+
+    directions: tuple[_Direction, ...]
+    conditions: tuple[_Condition, ...]
+    sides: frozenset[str]
+    per_read: int
+    workspace: Workspace
+
+
+def _plan(pair: Any, histories: Sequence[History], config: GraftConfig) -> _Plan:
+    windows = parse_windows(config.windows, pair.n_layers)
+    directions = tuple(_Direction(d, *DIRECTIONS[d]) for d in config.directions)
+    conditions = tuple(
+        _Condition(m, p, w) for m in config.modes for p in config.parts for w in windows
+    )
+    per_read = min(_VARIANTS_PER_READ, len(conditions))
+    workspace = Workspace.plan(
+        pair.d_vocab,
+        pair.n_layers,
+        model_device(pair.pt),
+        max_rows=config.batch_size * max(len(h.tokens) for h in histories),
+        n_finals=1 + per_read,
+    )
+    return _Plan(
+        directions=directions,
+        conditions=conditions,
+        sides=frozenset(s for d in directions for s in (d.host, d.donor)),
+        per_read=per_read,
+        workspace=workspace,
+    )
+
+
+def _read(
+    pair: Any,
+    batch: _Batch,
+    host: str,
+    streams: Sequence[ResidualStream],
+    starts: Sequence[int],
+    lenses: dict[str, Lens],
+    workspace: Workspace,
+    metrics: Sequence[str],
+) -> list[dict[str, np.ndarray]]:
+    """Per-prompt lens metrics of ``streams[0]`` and of variants of it starting at
+    ``starts`` (sharing its earlier layers), with IT's final as the teacher."""
+    readouts = read_variants(
+        pair.models()[host],
+        streams[0].resid_post,
+        [(s, stream.resid_post) for s, stream in zip(starts, streams[1:], strict=True)],
+        batch.read,
+        lenses[host],
+        targets=batch.targets,
+        teacher=(pair.it, batch.streams["it"].resid_post[-1]),
+        workspace=workspace,
+        metrics=metrics,
+    )
+    return [prompt_means(readout) for readout in readouts]
+
+
+def _groups(conditions: Sequence[_Condition], size: int) -> Iterator[Sequence[_Condition]]:
+    for first in range(0, len(conditions), size):
+        yield conditions[first : first + size]
+
+
+def _sweep_direction(
+    pair: Any,
+    batch: _Batch,
+    direction: _Direction,
+    plan: _Plan,
+    config: GraftConfig,
+    lenses: dict[str, Lens],
+    bar: Any,
+) -> list[pd.DataFrame]:
+    """The ungrafted host's rows, then one block of rows per condition, for one batch."""
+    norms: dict[tuple[str, int, int], dict[int, torch.Tensor]] = {}
+    rows: list[pd.DataFrame] = []
+    baseline = None
+    for group in _groups(plan.conditions, plan.per_read):
+        streams = [batch.grafted(pair, direction, c, config, norms) for c in group]
+        values = _read(
+            pair,
+            batch,
+            direction.host,
+            [batch.streams[direction.host], *streams],
+            [c.window.start for c in group],
+            lenses,
+            plan.workspace,
+            config.metrics,
+        )
+        if baseline is None:
+            baseline = values[0]
+            rows.append(condition_rows(batch.keys, direction, None, baseline, baseline))
+            bar.update()
+        for condition, grafted in zip(group, values[1:], strict=True):
+            rows.append(condition_rows(batch.keys, direction, condition, grafted, baseline))
+            bar.update()
+    return rows
 
 
 def run_graft(
@@ -216,7 +322,6 @@ def run_graft(
     *,
     lenses: dict[str, Lens],
     categories: dict[str, str] | None = None,
-    reuse: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The graft table: one row per (prompt, direction, mode, window, layer).
@@ -225,115 +330,49 @@ def run_graft(
     a prompt's response positions; ``delta_<metric>`` is the grafted minus the ungrafted host on
     the same tokens; ``kl_to_teacher`` is KL(p_layer ‖ IT's final distribution).
     """
-    windows = parse_windows(config.windows, pair.n_layers)
-    directions = [(d, *DIRECTIONS[d]) for d in config.directions]
-    sides = {s for _, host, donor in directions for s in (host, donor)}
-    conditions = [(m, p, w) for m in config.modes for p in config.parts for w in windows]
-    per_read = min(_VARIANTS_PER_READ, len(conditions))
-    workspace = Workspace.plan(
-        pair.d_vocab,
-        pair.n_layers,
-        pair.pt.unembed.original_component.weight.device,
-        max_rows=config.batch_size * max(len(h.tokens) for h in histories),
-        n_finals=1 + (per_read if reuse else 0),
-    )
+    plan = _plan(pair, histories, config)
     n_batches = -(-len(histories) // config.batch_size)
     rows: list[pd.DataFrame] = []
-    bar = tqdm(
-        total=n_batches * len(directions) * (1 + len(conditions)),
+    with tqdm(
+        total=n_batches * len(plan.directions) * (1 + len(plan.conditions)),
         desc="graft sweep",
         disable=not progress,
         unit="pass",
-    )
-    for start in range(0, len(histories), config.batch_size):
-        batch = _Batch(pair, histories[start : start + config.batch_size], sides, reuse)
-        for direction, host, donor in directions:
+    ) as bar:
+        for start in range(0, len(histories), config.batch_size):
+            batch = _Batch(pair, histories[start : start + config.batch_size], set(plan.sides))
+            for direction in plan.directions:
+                rows += _sweep_direction(pair, batch, direction, plan, config, lenses, bar)
+    return finish_table(rows, categories)
 
-            def frame(
-                mode,
-                window,
-                values,
-                baseline,
-                part,
-                keys=batch.keys,
-                direction=direction,
-                host=host,
-                donor=donor,
-            ):
-                return _frame(
-                    keys,
-                    direction,
-                    host,
-                    donor,
-                    mode,
-                    part,
-                    window,
-                    values,
-                    baseline,
-                    pair.n_layers,
-                )
 
-            if not reuse:  # the naive way: every window read on its own
-                baseline = batch.metrics(pair, host, [batch.streams[host]], lenses, workspace)[0]
-                rows.append(frame("none", None, baseline, baseline, "none"))
-                bar.update()
-                for mode, part, window in conditions:
-                    stream = batch.grafted(pair, host, donor, window, mode, part, config, False)
-                    values = batch.metrics(pair, host, [stream], lenses, workspace)[0]
-                    rows.append(frame(mode, window, values, baseline, part))
-                    bar.update()
-                continue
-            baseline = None
-            for first in range(0, len(conditions), per_read):
-                group = conditions[first : first + per_read]
-                streams = [
-                    batch.grafted(pair, host, donor, window, mode, part, config, True)
-                    for mode, part, window in group
-                ]
-                values = batch.metrics(
-                    pair,
-                    host,
-                    [batch.streams[host], *streams],
-                    lenses,
-                    workspace,
-                    starts=[w.start for _, _, w in group],
-                )
-                if baseline is None:
-                    baseline = values[0]
-                    rows.append(frame("none", None, baseline, baseline, "none"))
-                    bar.update()
-                for (mode, part, window), grafted in zip(group, values[1:], strict=True):
-                    rows.append(frame(mode, window, grafted, baseline, part))
-                    bar.update()
-    bar.close()
-    frame = pd.concat(rows, ignore_index=True)
-    frame.insert(1, "category", [(categories or {}).get(p, "") for p in frame["prompt_id"]])
+def finish_table(rows: list[pd.DataFrame], categories: dict[str, str] | None) -> pd.DataFrame:
+    """The blocks of :func:`condition_rows` as one table, with categories and categorical keys."""
+    table = pd.concat(rows, ignore_index=True)
+    table.insert(1, "category", [(categories or {}).get(p, "") for p in table["prompt_id"]])
     for column in ("prompt_id", "category", "direction", "host", "donor", "mode", "part", "window"):
-        frame[column] = frame[column].astype("category")
-    return frame
+        table[column] = table[column].astype("category")
+    return table
 
 
-def _frame(
-    keys,
-    direction,
-    host,
-    donor,
-    mode,
-    part,
-    window: Window | None,
-    values,
-    baseline,
-    n_layers: int,
+def condition_rows(
+    keys: Sequence[str],
+    direction: _Direction,
+    condition: _Condition | None,
+    values: dict[str, np.ndarray],
+    baseline: dict[str, np.ndarray],
 ) -> pd.DataFrame:
-    batch = len(keys)
+    """Rows of one condition (``None``: the ungrafted host) for a batch: prompt x layer."""
+    batch, n_layers = values["kl_to_final"].shape
     layer = np.tile(np.arange(n_layers), batch)
+    window = None if condition is None else condition.window
     data: dict[str, Any] = {
         "prompt_id": np.repeat(keys, n_layers),
-        "direction": direction,
-        "host": host,
-        "donor": donor,
-        "mode": mode,
-        "part": part,
+        "direction": direction.name,
+        "host": direction.host,
+        "donor": direction.donor,
+        "mode": "none" if condition is None else condition.mode,
+        "part": "none" if condition is None else condition.part,
         "window": "none" if window is None else window.name,
         "window_start": -1 if window is None else window.start,
         "window_end": -1 if window is None else window.end,
@@ -342,8 +381,9 @@ def _frame(
         "depth": layer / max(n_layers - 1, 1),
         "n_tokens": np.repeat(values["n_tokens"], n_layers),
     }
-    for name in GRAFT_METRICS:
+    names = [name for name in values if name in METRICS]
+    for name in names:
         data[name] = values[name].reshape(-1)
-    for name in GRAFT_METRICS:
+    for name in names:
         data[f"delta_{name}"] = (values[name] - baseline[name]).reshape(-1)
     return pd.DataFrame(data)

@@ -168,7 +168,7 @@ def run_patching(
     directions: Sequence[str] = ("it-to-pt",),
     components: Sequence[str] = tuple(COMPONENTS),
     windows: str | None = None,
-    late_fraction: float = 0.25,
+    late_start_depth: float = 0.75,
     batch_size: int = 4,
 ) -> pd.DataFrame:
     """Tidy patching effects: one row per (prompt, direction, component, layer or window).
@@ -180,7 +180,7 @@ def run_patching(
         components: any of :data:`COMPONENTS`.
         windows: a window spec (:data:`hooklab.graft.windows.WINDOW_HELP`) patched as a whole;
             default every single layer.
-        late_fraction: the late region is :func:`hooklab.metrics.late_layers` of it.
+        late_start_depth: the late region is :func:`hooklab.metrics.late_layers` of it.
         batch_size: histories per forward pass.
     """
     for direction in directions:
@@ -193,7 +193,7 @@ def run_patching(
         targets = [Window(f"L{layer}", layer, layer + 1) for layer in range(n_layers)]
     else:
         targets = parse_windows(windows, n_layers)
-    late = late_layers(n_layers, late_fraction)
+    late = late_layers(n_layers, late_start_depth)
     conditions = [(c, w) for c in components for w in targets]
     names = [COMPONENTS[c](layer) for c, w in conditions for layer in w.layers]
     pad = pair.tokenizer.pad_token_id

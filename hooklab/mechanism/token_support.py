@@ -122,7 +122,7 @@ def token_support(
     direction: str = "it-to-pt",
     mode: str = "module",
     codes: np.ndarray | None = None,
-    late_fraction: float = 0.25,
+    late_start_depth: float = 0.75,
     top_k: int = 10,
     batch_size: int = 4,
     chunk_rows: int = 64,
@@ -138,8 +138,8 @@ def token_support(
         mode: ``module`` or ``random`` (the norm-matched random control).
         codes: [d_vocab] class codes; default :func:`classify_vocabulary` of the pair's
             tokenizer.
-        late_fraction: the late region is :func:`hooklab.metrics.late_layers` of it (depth
-            >= 1 - late_fraction, the final layer left out).
+        late_start_depth: the late region is :func:`hooklab.metrics.late_layers` of it (depth
+            >= late_start_depth, the final layer left out).
         top_k: promoted and suppressed tokens listed.
         batch_size: histories per forward pass.
         chunk_rows: positions decoded at once.
@@ -167,7 +167,7 @@ def token_support(
     code_tensor = torch.as_tensor(codes, dtype=torch.long, device=device)
     for column, code in enumerate(present):
         onehot[:, column] = (code_tensor == code).double()
-    late = late_layers(n_layers, late_fraction)
+    late = late_layers(n_layers, late_start_depth)
     read_layers = [n_layers - 1, *late]  # the final layer first: it gives the host's top-1
     layer_rows: list[pd.DataFrame] = []
     token_sum = torch.zeros(d_vocab, dtype=torch.float64, device=device)
