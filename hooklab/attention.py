@@ -54,7 +54,7 @@ def attention_heads(
     captured: dict[str, torch.Tensor] = {}
 
     def keep(name: str):
-        def hook(activation: torch.Tensor, hook: Any) -> None:
+        def hook(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
             captured[name] = activation.detach()
 
         return hook

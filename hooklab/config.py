@@ -79,6 +79,41 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _coerce_union(value: Any, tp: Any, name: str) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce(value, arg, name)
+        except HooklabError:
+            continue
+    raise HooklabError(f"{name}={value!r}: expected {_type_name(tp)}.")
+
+
+def _coerce_tuple(value: Any, tp: Any, name: str) -> tuple:
+    (item,) = get_args(tp)[:1]
+    if isinstance(value, str):
+        value = split_list(value)
+    if not isinstance(value, list | tuple):
+        raise HooklabError(f"{name}={value!r}: expected {_type_name(tp)}.")
+    return tuple(coerce(v, item, name) for v in value)
+
+
+#: scalar type -> (what it accepts, what the error says is expected)
+_SCALARS: dict[type, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer (no quotes)"),
+    float: (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "a number (no quotes)",
+    ),
+    str: (lambda v: isinstance(v, str), "a string (in quotes)"),
+}
+
+
 def coerce(value: Any, tp: Any, name: str) -> Any:
     """``value`` checked against (and, for lists and comma strings, converted to) type ``tp``.
 
@@ -87,18 +122,7 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
     """
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, name)
-            except HooklabError as error:
-                errors.append(error)
-        raise HooklabError(f"{name}={value!r}: expected {_type_name(tp)}.")
+        return _coerce_union(value, tp, name)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -107,28 +131,12 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
             )
         return value
     if origin is tuple:
-        (item,) = get_args(tp)[:1]
-        if isinstance(value, str):
-            value = split_list(value)
-        if not isinstance(value, list | tuple):
-            raise HooklabError(f"{name}={value!r}: expected {_type_name(tp)}.")
-        return tuple(coerce(v, item, name) for v in value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise HooklabError(f"{name}={value!r}: expected true or false.")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise HooklabError(f"{name}={value!r}: expected an integer (no quotes).")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise HooklabError(f"{name}={value!r}: expected a number (no quotes).")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise HooklabError(f"{name}={value!r}: expected a string (in quotes).")
-        return value
+        return _coerce_tuple(value, tp, name)
+    if tp in _SCALARS:
+        accepts, expected = _SCALARS[tp]
+        if not accepts(value):
+            raise HooklabError(f"{name}={value!r}: expected {expected}.")
+        return float(value) if tp is float else value
     return value
 
 

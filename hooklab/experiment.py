@@ -104,11 +104,11 @@ class Experiment(Generic[C]):
         raise NotImplementedError
 
     # -- running ---------------------------------------------------------------------------
-    def prepare(self, pair: Any, config: C) -> Any:
+    def prepare(self, pair: Any, config: C) -> Any:  # noqa: ARG002
         """What every part needs once the pair is loaded (e.g. lenses). Default: nothing."""
         return None
 
-    def describe_context(self, context: Any) -> dict[str, Any]:
+    def describe_context(self, context: Any) -> dict[str, Any]:  # noqa: ARG002
         """Provenance of :meth:`prepare`'s result for the manifest (e.g. lens hashes)."""
         return {}
 
@@ -122,15 +122,15 @@ class Experiment(Generic[C]):
         return config
 
     # -- after the merge ---------------------------------------------------------------------
-    def summarise(self, frame: pd.DataFrame, out: Path, config: C) -> list[Path]:
+    def summarise(self, frame: pd.DataFrame, out: Path, config: C) -> list[Path]:  # noqa: ARG002
         """Write the summary files of the merged table; returns their paths."""
         return []
 
-    def figures(self, run_dir: Path, figures_dir: Path) -> list[Path]:
+    def figures(self, run_dir: Path, figures_dir: Path) -> list[Path]:  # noqa: ARG002
         """Write the run's figures as offline HTML; returns their paths."""
         return []
 
-    def report_section(self, run_dir: Path) -> str:
+    def report_section(self, run_dir: Path) -> str:  # noqa: ARG002
         """HTML for ``hooklab report`` (tables; the figures are added by the report)."""
         return ""
 

@@ -62,7 +62,7 @@ class ResidualStream:
 
 def _capture_hooks(n_layers: int, captured: list, stop_at_last: bool) -> list[HookFn]:
     def capture(index: int, stop: bool) -> Callable[..., Any]:
-        def hook(activation: torch.Tensor, hook: Any) -> None:
+        def hook(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
             captured[index] = activation.detach()
             if stop:
                 raise _StopForward
@@ -106,7 +106,7 @@ def residual_stream(
     if keep_block_inputs:
         for layer, block in enumerate(model.blocks):
 
-            def keep(module, args, kwargs, layer=layer):
+            def keep(module, args, kwargs, layer=layer):  # noqa: ARG001
                 in_kwargs = not args
                 rest = args[1:] if args else ()
                 kept = {k: v for k, v in kwargs.items() if k != "hidden_states"}

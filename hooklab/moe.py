@@ -104,10 +104,10 @@ def capture_routing(
     for layer in layout.moe_layers:
         modules = _modules(model, layer)
 
-        def on_router(module, args, output, layer=layer):
+        def on_router(module, args, output, layer=layer):  # noqa: ARG001
             logits[layer] = output[0].detach().float().reshape(batch, pos, -1)
 
-        def on_experts(module, args, kwargs, layer=layer):
+        def on_experts(module, args, kwargs, layer=layer):  # noqa: ARG001
             index = args[1] if len(args) > 1 else kwargs["top_k_index"]
             weight = args[2] if len(args) > 2 else kwargs["top_k_weights"]
             experts[layer] = index.detach().reshape(batch, pos, -1)

@@ -62,7 +62,7 @@ def test_register_rejects_duplicates_and_bad_groups():
 
         name, group = "refusal", "governance"
 
-        def score(self, generation):
+        def score(self, generation):  # noqa: ARG002
             return 0.0
 
     with pytest.raises(HooklabError, match="already registered"):
@@ -73,7 +73,7 @@ def test_register_rejects_duplicates_and_bad_groups():
 
         name, group = "odd", "style"
 
-        def score(self, generation):
+        def score(self, generation):  # noqa: ARG002
             return 0.0
 
     with pytest.raises(HooklabError, match="group must be one of"):

@@ -121,7 +121,7 @@ def test_json_for_html_round_trips_and_cannot_close_a_script():
     assert not set(text) & {"<", ">", "&", "\u2028", "\u2029"}
 
 
-def test_token_view_keeps_every_token_inside_its_script(tmp_path):
+def test_token_view_keeps_every_token_inside_its_script(tmp_path):  # noqa: ARG001
     from hooklab.viz.tokens import token_view_html
 
     page = _without_circuitsvis(token_view_html(HostileTokenizer(), _table([IMG]), IMG, "native"))

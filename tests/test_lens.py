@@ -66,7 +66,7 @@ def test_sgd_nesterov_also_trains(pair):
     assert sum(result.held_out_kl_after) < sum(result.held_out_kl_before)
 
 
-def _trained(pair, model) -> TunedLens:
+def _trained(pair, model) -> TunedLens:  # noqa: ARG001
     lens = TunedLens.from_model(model, name_or_path="tiny")
     with torch.no_grad():
         for translator in lens.translators:

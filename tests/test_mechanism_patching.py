@@ -127,7 +127,7 @@ def test_setter_positions_write_only_there(pairs):
     cache = donor_cache(pair.it, tokens, [name], attention_mask=mask)
     seen = {}
 
-    def keep(activation, hook):
+    def keep(activation, hook):  # noqa: ARG001
         seen["value"] = activation.detach().clone()
 
     positions = torch.zeros_like(tokens, dtype=torch.bool)
@@ -141,7 +141,7 @@ def test_setter_positions_write_only_there(pairs):
         pair.pt,
         tokens,
         attention_mask=mask,
-        fwd_hooks=[(name, lambda a, hook: host.setdefault("v", a.clone()))],
+        fwd_hooks=[(name, lambda a, hook: host.setdefault("v", a.clone()))],  # noqa: ARG005
     )
     assert torch.equal(seen["value"][positions], cache[name][positions])
     assert torch.equal(seen["value"][~positions], host["v"][~positions])

@@ -42,7 +42,7 @@ def _normed(model, layer, tokens):
     store = {}
     with (
         torch.no_grad(),
-        model.hooks(fwd_hooks=[(hooks.resid_mid(layer), lambda a, hook: store.update(x=a))]),
+        model.hooks(fwd_hooks=[(hooks.resid_mid(layer), lambda a, hook: store.update(x=a))]),  # noqa: ARG005
     ):
         model(tokens, return_type=None)
     return store["x"], hf_module(model.blocks[layer].ln2)(store["x"])
@@ -76,8 +76,8 @@ def test_shared_plus_routed_is_mlp_out(pair):
             torch.no_grad(),
             pair.pt.hooks(
                 fwd_hooks=[
-                    (hooks.mlp_out(layer), lambda a, hook, store=store: store.update(out=a)),
-                    (hooks.resid_mid(layer), lambda a, hook, store=store: store.update(mid=a)),
+                    (hooks.mlp_out(layer), lambda a, hook, store=store: store.update(out=a)),  # noqa: ARG005
+                    (hooks.resid_mid(layer), lambda a, hook, store=store: store.update(mid=a)),  # noqa: ARG005
                 ]
             ),
         ):
@@ -224,7 +224,7 @@ def test_per_head_z_reassembles_to_the_attention_output(tiny_pair, shape):
     with (
         torch.no_grad(),
         pair.it.hooks(
-            fwd_hooks=[(f"blocks.{layer}.attn.hook_out", lambda a, hook: store.update(out=a))]
+            fwd_hooks=[(f"blocks.{layer}.attn.hook_out", lambda a, hook: store.update(out=a))]  # noqa: ARG005
         ),
     ):
         pair.it(tokens, return_type=None)

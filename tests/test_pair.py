@@ -134,7 +134,7 @@ def _hub_error(kind: type[Exception]) -> Exception:
         ("RevisionNotFoundError", "revision 'v9' does not exist"),
     ],
 )
-def test_hub_refusals_say_what_to_do(monkeypatch, tiny_pair, kind, expected):
+def test_hub_refusals_say_what_to_do(monkeypatch, tiny_pair, kind, expected):  # noqa: ARG001
     # transformers wraps the hub's error in an OSError; hooklab reads the cause.
     hub_error = _hub_error(getattr(huggingface_hub.errors, kind))
 
@@ -176,7 +176,7 @@ def test_trust_remote_code_is_passed_through_off_by_default(tiny_pair, monkeypat
     assert seen == [False, False]
 
 
-def test_unsupported_architecture_checkpoint_is_refused(tmp_path, tiny_pair):
+def test_unsupported_architecture_checkpoint_is_refused(tmp_path, tiny_pair):  # noqa: ARG001
     config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=512)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     build_tokenizer().save_pretrained(tmp_path / "gpt2")

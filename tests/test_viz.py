@@ -88,7 +88,7 @@ def test_html_is_self_contained(tables, tmp_path):
     assert path.stat().st_size > 1_000_000  # plotly.js is inlined
 
 
-def test_layer_topk_matches_the_readout(tiny_pair):
+def test_layer_topk_matches_the_readout(tiny_pair):  # noqa: ARG001
     # Known answer: at the last layer the top-1 prediction is the model's own final top-1.
     import torch
 

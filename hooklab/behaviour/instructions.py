@@ -108,16 +108,16 @@ _TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], _Check, str]] = {
     "lowercase": (
         (),
         (),
-        lambda t, p: t == t.lower() and any(c.isalpha() for c in t),
+        lambda t, p: t == t.lower() and any(c.isalpha() for c in t),  # noqa: ARG005
         "has letters, none uppercase",
     ),
     "uppercase": (
         (),
         (),
-        lambda t, p: t == t.upper() and any(c.isalpha() for c in t),
+        lambda t, p: t == t.upper() and any(c.isalpha() for c in t),  # noqa: ARG005
         "has letters, none lowercase",
     ),
-    "no_commas": ((), (), lambda t, p: "," not in t, "no ',' character"),
+    "no_commas": ((), (), lambda t, p: "," not in t, "no ',' character"),  # noqa: ARG005
     "ends_with": (
         ("phrase",),
         (),
@@ -133,7 +133,7 @@ _TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], _Check, str]] = {
     "json_format": (
         (),
         (),
-        lambda t, p: _is_json(t),
+        lambda t, p: _is_json(t),  # noqa: ARG005
         "the answer (optionally in one ```json fence) parses as JSON",
     ),
     "bullet_list": (
@@ -154,7 +154,7 @@ _TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], _Check, str]] = {
         lambda t, p: _count_ok(count_headers(t), p, 1),
         "exactly n markdown headers, or at least 1 without n",
     ),
-    "code_block": ((), (), lambda t, p: bool(_FENCE.search(t)), "a closed ``` fenced block"),
+    "code_block": ((), (), lambda t, p: bool(_FENCE.search(t)), "a closed ``` fenced block"),  # noqa: ARG005
     "paragraphs": (
         ("n",),
         (),

@@ -84,9 +84,7 @@ def graft_effects(
     )
 
 
-def layer_effects(
-    table: pd.DataFrame, metric: str = "kl_to_final", *, seed: int = 0
-) -> pd.DataFrame:
+def layer_effects(table: pd.DataFrame, metric: str = "kl_to_final") -> pd.DataFrame:
     """Per (direction, mode, window, layer): mean ``delta_<metric>`` with its standard error."""
     column = f"delta_{metric}"
     grafted = table[table["mode"] != "none"]
@@ -118,5 +116,5 @@ def write_graft_summaries(
             out / "effects.csv",
             graft_effects(table, late_start_depth=late_start_depth, seed=seed),
         ),
-        atomic_write_csv(out / "layer_effects.csv", layer_effects(table, seed=seed)),
+        atomic_write_csv(out / "layer_effects.csv", layer_effects(table)),
     ]

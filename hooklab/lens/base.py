@@ -40,7 +40,7 @@ class LogitLens(Lens):
 
     name = "logit"
 
-    def translate(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+    def translate(self, layer: int, resid: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
         return resid
 
 

@@ -99,7 +99,7 @@ class Setter:
                 f"for component {self.component!r} and layer {self.layer}."
             )
         donor = cache[self.hook_name]
-        return (self.hook_name, lambda activation, hook: self.write(activation, donor))
+        return (self.hook_name, lambda activation, hook: self.write(activation, donor))  # noqa: ARG005
 
 
 def setters_for(component: str, layers: Sequence[int]) -> list[Setter]:
@@ -119,7 +119,7 @@ def donor_cache(
 
     def keep(name: str) -> Callable[..., None]:
         # keyed by the requested name: the bridge reports aliases by their canonical name
-        def hook(activation: torch.Tensor, hook: Any) -> None:
+        def hook(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
             cache[name] = activation.detach()
 
         return hook
