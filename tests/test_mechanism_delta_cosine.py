@@ -158,3 +158,28 @@ def test_opposition_summary_known_shift_and_pairing():
     )
     with pytest.raises(HooklabError, match="different rows"):
         opposition_summary(frame_pt, frame_it[frame_it["row"] != "p0"])
+
+
+def test_shared_histories_end_to_end(tiny_pair):
+    from hooklab.graft.histories import make_histories
+    from hooklab.mechanism.attention_entropy import attention_entropies, entropy_difference
+    from hooklab.prompts import load_prompts
+
+    tiny = tiny_pair("qwen3")
+    pair = hooklab.load_pair(pt=tiny.pt, it=tiny.it, device="cpu")
+    histories = make_histories(pair, load_prompts()[:3], max_new_tokens=4, progress=False)
+    batch = history_batch(histories, pad_id=pair.tokenizer.pad_token_id or 0)
+    frames, entropies = {}, {}
+    for side, model in (("pt", pair.pt), ("it", pair.it)):
+        args = (model, batch.tokens, batch.read_mask)
+        kwargs = {"attention_mask": batch.attention_mask, "row_ids": batch.prompt_ids}
+        frames[side] = delta_cosines(*args, **kwargs)
+        entropies[side] = attention_entropies(*args, **kwargs)
+    summary = opposition_summary(frames["pt"], frames["it"])
+    assert summary.late_layers == (3,)
+    assert (summary.late["n_prompts"] == 3).all()
+    counts = frames["it"].groupby("row")["n_tokens"].first()
+    assert dict(counts) == {h.prompt_id: h.read_to - h.read_from for h in histories}
+    difference = entropy_difference(entropies["pt"], entropies["it"])
+    assert list(difference["layer"]) == [0, 1, 2, 3] and (difference["n_prompts"] == 3).all()
+    assert np.isfinite(difference["mean"]).all() and (difference["mean"] != 0).any()
