@@ -149,3 +149,14 @@ def test_mismatched_checkpoints_are_refused(tiny_pair, tmp_path):
     with pytest.raises(HooklabError, match="no \\*.safetensors"):
         weight_change(source, tmp_path / "missing")
     shutil.rmtree(tmp_path)
+
+
+def test_doctests():
+    import doctest
+
+    import hooklab.mechanism.delta_cosine as delta_cosine
+    import hooklab.mechanism.weight_change as weight_change_module
+
+    for module in (weight_change_module, delta_cosine):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0
