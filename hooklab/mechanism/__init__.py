@@ -10,12 +10,9 @@ from hooklab.mechanism.delta_cosine import (
     late_layers,
     opposition_summary,
 )
-from hooklab.mechanism.weight_change import (
-    MODULE_RULES,
-    classify_tensor,
-    weight_change,
-    weight_change_pivot,
-)
+
+# weight_change (the function) is not re-exported: it would shadow its own module here.
+from hooklab.mechanism.weight_change import MODULE_RULES, classify_tensor, weight_change_pivot
 
 __all__ = [
     "MODULE_RULES",
@@ -28,6 +25,5 @@ __all__ = [
     "history_batch",
     "late_layers",
     "opposition_summary",
-    "weight_change",
     "weight_change_pivot",
 ]
