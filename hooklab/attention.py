@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from hooklab import hooks
 from hooklab.architectures import attention_layout
 
-__all__ = ["AttentionHeads", "attention_heads", "attention_entropy"]
+__all__ = ["AttentionHeads", "attention_heads", "attention_entropy", "pattern_entropy"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,19 @@ def attention_heads(
     return AttentionHeads(z=z, pattern=captured["pattern"], w_out=w_out, b_out=bias)
 
 
+def pattern_entropy(
+    pattern: Float[torch.Tensor, "batch head query key"],
+) -> Float[torch.Tensor, "batch head query"]:
+    """Entropy (nats, float64) of each query's attention distribution; masked keys add 0."""
+    pattern = pattern.double()
+    return -(pattern * pattern.clamp_min(1e-30).log()).sum(-1)
+
+
 def attention_entropy(
     heads: AttentionHeads, attention_mask: torch.Tensor | None = None
 ) -> Float[torch.Tensor, " head"]:
     """Mean entropy (nats) of each head's attention distribution over the real query tokens."""
-    pattern = heads.pattern.double().clamp_min(1e-30)
-    entropy = -(heads.pattern.double() * pattern.log()).sum(-1)  # [batch, head, query]
+    entropy = pattern_entropy(heads.pattern)  # [batch, head, query]
     if attention_mask is None:
         return entropy.mean(dim=(0, 2))
     mask = attention_mask.bool().unsqueeze(1).expand_as(entropy)
