@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 
 from hooklab.errors import UnsupportedArchitectureError
+from hooklab.types import Bridge
 
 __all__ = [
     "ArchitectureSpec",
@@ -117,7 +118,7 @@ def spec_for_config(config: Any) -> ArchitectureSpec:
     return spec_for_architecture(architectures[0])
 
 
-def spec_for_model(model: Any) -> ArchitectureSpec:
+def spec_for_model(model: Bridge) -> ArchitectureSpec:
     """The spec of a loaded TransformerBridge."""
     return spec_for_architecture(str(model.cfg.architecture))
 
@@ -128,18 +129,18 @@ def hf_text_config(config: Any) -> Any:
     return getter() if callable(getter) else config
 
 
-def _model_hf_config(model: Any) -> Any:
+def _model_hf_config(model: Bridge) -> Any:
     return hf_text_config(model.original_model.config)
 
 
-def _original(component: torch.nn.Module) -> torch.nn.Module:
+def _original(component: torch.nn.Module) -> Any:
     # The Hugging Face module under a bridge component: calling it runs the model's own
     # computation without firing the bridge's hooks (so it is safe inside a hook).
     return getattr(component, "original_component", component)
 
 
 def mlp_output(
-    model: Any, layer: int, resid_mid: Float[torch.Tensor, "batch pos d_model"]
+    model: Bridge, layer: int, resid_mid: Float[torch.Tensor, "batch pos d_model"]
 ) -> Float[torch.Tensor, "batch pos d_model"]:
     """Apply block ``layer``'s MLP path (pre-norm, MLP, post-norm as the family has) to a residual.
 
@@ -157,22 +158,22 @@ def mlp_output(
     return out.to(resid_mid.device)
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: Bridge) -> torch.device:
     """The device of a model's unembedding (where its readout runs)."""
     return _original(model.unembed).weight.device
 
 
-def unembedding_weight(model: Any) -> Float[torch.Tensor, "d_vocab d_model"]:
+def unembedding_weight(model: Bridge) -> Float[torch.Tensor, "d_vocab d_model"]:
     """The unembedding matrix W_U as stored ([d_vocab, d_model], the model's dtype)."""
     return _original(model.unembed).weight
 
 
-def hf_module(component: torch.nn.Module) -> torch.nn.Module:
+def hf_module(component: torch.nn.Module) -> Any:
     """The Hugging Face module under a bridge component (calling it fires no hooks)."""
     return _original(component)
 
 
-def mlp_path_parameter_names(model: Any) -> list[str]:
+def mlp_path_parameter_names(model: Bridge) -> list[str]:
     """Names, in the Hugging Face model's ``named_parameters()``, of every MLP-path weight.
 
     Norms included. (Checkpoint files may store some differently, e.g. DeepSeek-V2's experts
@@ -198,14 +199,14 @@ def _hf_state_name(name: str) -> str:
     return name.replace("._original_component", "").replace("_original_component.", "")
 
 
-def output_softcap(model: Any) -> float | None:
+def output_softcap(model: Bridge) -> float | None:
     """The final-logit soft-cap of a model, or ``None`` when it has none."""
     cap = getattr(model.cfg, "output_logits_soft_cap", None)
     return float(cap) if cap is not None and cap > 0 else None
 
 
 def read_logits(
-    model: Any,
+    model: Bridge,
     resid: Float[torch.Tensor, "... d_model"],
     *,
     out: Float[torch.Tensor, "n d_vocab"] | None = None,
@@ -269,7 +270,7 @@ class MoELayout:
         return self.first_dense_layers <= layer < self.n_layers
 
 
-def moe_layout(model: Any) -> MoELayout | None:
+def moe_layout(model: Bridge) -> MoELayout | None:
     """The MoE layout of a model, or ``None`` for dense families."""
     if not spec_for_model(model).has_moe:
         return None
@@ -308,7 +309,7 @@ class AttentionLayout:
     q_lora_rank: int | None = None
 
 
-def attention_layout(model: Any) -> AttentionLayout:
+def attention_layout(model: Bridge) -> AttentionLayout:
     """Per-head attention sizes of a model, correct under multi-head latent attention."""
     spec = spec_for_model(model)
     cfg = _model_hf_config(model)

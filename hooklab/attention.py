@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 
 from hooklab import hooks
 from hooklab.architectures import attention_layout
+from hooklab.types import Bridge
 
 __all__ = ["AttentionHeads", "attention_heads", "attention_entropy", "pattern_entropy"]
 
@@ -43,7 +44,7 @@ class AttentionHeads:
 
 
 def attention_heads(
-    model: Any,
+    model: Bridge,
     tokens: Int[torch.Tensor, "batch pos"],
     layer: int,
     *,

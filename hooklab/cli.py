@@ -78,7 +78,7 @@ def demo(
 
     pair = load_pair("tiny", device=device)
     typer.echo(f"embedded pair: {pair!r}\n{pair.compatibility.format()}\n")
-    common = dict(
+    common: dict[str, Any] = dict(
         pair=PairSpec(name="tiny", device=device),
         prompts=PromptSpec(source=prompts, limit=limit),
         execution=ExecutionSpec(part_size=20),
@@ -336,7 +336,7 @@ def train_lens(
         seq_len=seq_len,
         batch_size=batch_size,
         lr=lr,
-        optimizer=optimizer,
+        optimizer=optimizer,  # type: ignore[arg-type]  # checked by the config
         seed=seed,
     )
     loaded = _load_pair_from_options(

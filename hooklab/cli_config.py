@@ -44,7 +44,7 @@ def _option_type(tp: Any) -> Any:
 
 
 def _help(cls: type[Config], name: str, tp: Any) -> str:
-    text = field_docs(cls).get(name, "")
+    text = field_docs(cls).get(name, "")  # type: ignore[arg-type]  # classes are hashable
     values = get_args(tp) if get_origin(tp) is Literal else ()
     if get_origin(tp) is tuple and get_origin(get_args(tp)[0]) is Literal:
         values = get_args(get_args(tp)[0])
@@ -68,12 +68,15 @@ def config_parameters(
         names = [f"--{option}"]
         if get_origin(tp) is tuple and option.endswith("s"):
             names.append(f"--{option[:-1]}")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default: Any = f.default
+        if default is dataclasses.MISSING:
+            default = f.default_factory()  # type: ignore[misc,operator]
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
         if tp is bool:
             names = [f"--{option}/--no-{option}"]
-        annotation = Annotated[_option_type(tp), typer.Option(*names, help=_help(cls, f.name, tp))]
+        option_type = _option_type(tp)
+        annotation = Annotated[option_type, typer.Option(*names, help=_help(cls, f.name, tp))]  # type: ignore[valid-type]
         parameters.append(
             inspect.Parameter(
                 f"{cls.section}__{f.name}",

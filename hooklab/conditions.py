@@ -203,6 +203,7 @@ def build_sequences(
         else None
     )
     out: list[ReadSequence] = []
+    responses: list[list[int]] = it_response or []
     for condition in conditions:
         if condition == "native":
             raw = [raw_prompt_ids(tokenizer, p.text) for p in prompts]
@@ -217,7 +218,7 @@ def build_sequences(
             for i, prompt in enumerate(prompts):
                 for model, head, tail in (
                     ("pt", raw[i], pt_continuation[i]),
-                    ("it", chat[i], it_response[i]),
+                    ("it", chat[i], responses[i]),
                 ):
                     tokens = (*head, *tail)
                     out.append(
@@ -233,7 +234,7 @@ def build_sequences(
                     )
         elif condition == "same_history":
             for i, prompt in enumerate(prompts):
-                tokens = (*chat[i], *it_response[i])
+                tokens = (*chat[i], *responses[i])
                 for model in ("pt", "it"):
                     out.append(
                         ReadSequence(
@@ -265,9 +266,12 @@ def build_sequences(
 
 
 class _Readable(Protocol):
-    tokens: tuple[int, ...]
-    read_from: int
-    read_to: int
+    @property
+    def tokens(self) -> tuple[int, ...]: ...
+    @property
+    def read_from(self) -> int: ...
+    @property
+    def read_to(self) -> int: ...
 
 
 def pad_batch(

@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 
 from hooklab import hooks
 from hooklab.architectures import model_device
+from hooklab.types import Bridge
 
 __all__ = ["HookFn", "BlockInputs", "ResidualStream", "residual_stream", "resume_residual_stream"]
 
@@ -78,7 +79,7 @@ def _capture_hooks(n_layers: int, captured: list, stop_at_last: bool) -> list[Ho
 
 
 def residual_stream(
-    model: Any,
+    model: Bridge,
     tokens: Int[torch.Tensor, "batch pos"],
     *,
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
@@ -133,11 +134,14 @@ def residual_stream(
             kwargs=tuple(i[1] for i in inputs),  # type: ignore[index]
             hidden_states_in_kwargs=tuple(i[2] for i in inputs),  # type: ignore[index]
         )
-    return ResidualStream(torch.stack(captured[:n_layers]), captured[n_layers], block_inputs)
+    stacked = torch.stack([c for c in captured[:n_layers] if c is not None])
+    embed = captured[n_layers]
+    assert embed is not None
+    return ResidualStream(stacked, embed, block_inputs)
 
 
 def resume_residual_stream(
-    model: Any,
+    model: Bridge,
     stream: ResidualStream,
     start_layer: int,
     *,
@@ -171,5 +175,5 @@ def resume_residual_stream(
             x = out[0] if isinstance(out, tuple) else out
     resid_post = stream.resid_post.clone()
     for layer in range(start_layer, n_layers):
-        resid_post[layer] = captured[layer]
+        resid_post[layer] = captured[layer]  # type: ignore[assignment]  # filled above
     return ResidualStream(resid_post, stream.embed, stream.block_inputs)

@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 
 from hooklab.architectures import mlp_output, model_device, moe_layout, spec_for_model
 from hooklab.errors import HooklabError
+from hooklab.types import Bridge
 
 __all__ = [
     "PARTS",
@@ -47,7 +48,7 @@ class _MoEModules:
     pre_norm: torch.nn.Module
 
 
-def _modules(model: Any, layer: int) -> _MoEModules:
+def _modules(model: Bridge, layer: int) -> _MoEModules:
     layout = moe_layout(model)
     if layout is None:
         raise HooklabError(
@@ -87,7 +88,7 @@ class Routing:
 
 
 def capture_routing(
-    model: Any,
+    model: Bridge,
     tokens: Int[torch.Tensor, "batch pos"],
     *,
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
@@ -125,7 +126,7 @@ def capture_routing(
 
 
 def recompute_routing(
-    model: Any, layer: int, normed: Float[torch.Tensor, "batch pos d_model"]
+    model: Bridge, layer: int, normed: Float[torch.Tensor, "batch pos d_model"]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Router logits, chosen experts and weights recomputed from the gate weights.
 
@@ -133,7 +134,7 @@ def recompute_routing(
     ``experts_per_token`` largest, scaled by ``routed_scaling_factor``. ``normed`` is the MoE
     block's input (after the pre-MLP norm).
     """
-    router = _modules(model, layer).router
+    router: Any = _modules(model, layer).router
     if getattr(router, "topk_method", "greedy") != "greedy":
         raise HooklabError("recompute_routing implements the 'greedy' top-k method only.")
     logits = normed.float() @ router.weight.float().T
@@ -204,7 +205,7 @@ def routing_entropy(routing: Routing) -> pd.DataFrame:
 
 
 def moe_parts(
-    model: Any,
+    model: Bridge,
     layer: int,
     normed: Float[torch.Tensor, "batch pos d_model"],
     *,
@@ -227,8 +228,8 @@ def moe_parts(
 
 
 def moe_part_output(
-    host: Any,
-    donor: Any,
+    host: Bridge,
+    donor: Bridge,
     layer: int,
     resid_mid: Float[torch.Tensor, "batch pos d_model"],
     part: Literal["mlp", "moe", "shared", "routed"],

@@ -27,6 +27,7 @@ from hooklab.loading import (
     resolve_device,
     resolve_source,
 )
+from hooklab.types import Bridge
 
 __all__ = [
     "ModelPair",
@@ -311,7 +312,7 @@ def load_pair(
 ADAPTER_PROBE_TOKENS = 8
 
 
-def check_adapter_on(model: Any, tokenizer: Any, *, side: str = "model") -> None:
+def check_adapter_on(model: Bridge, tokenizer: Any, *, side: str = "model") -> None:
     """Refuse a model the architecture adapter does not reproduce.
 
     On a short probe, :func:`~hooklab.architectures.mlp_output` must give every layer's

@@ -22,6 +22,7 @@ from jaxtyping import Int
 from hooklab import hooks
 from hooklab.architectures import mlp_output, output_softcap, read_logits, spec_for_model
 from hooklab.compatibility import PROBE_TEXTS
+from hooklab.types import Bridge
 
 __all__ = ["TOLERANCE", "ParityReport", "check_parity", "probe_tokens"]
 
@@ -63,8 +64,8 @@ def probe_tokens(
     return torch.tensor([r[:length] for r in rows], device=device)
 
 
-def _hf_reference_logits(model: Any, source: str, tokens: torch.Tensor) -> torch.Tensor:
-    config = model.original_model.config
+def _hf_reference_logits(model: Bridge, source: str, tokens: torch.Tensor) -> torch.Tensor:
+    config: Any = model.original_model.config
     hf_class = getattr(transformers, config.architectures[0])
     reference = (
         hf_class.from_pretrained(source, dtype=model.cfg.dtype, attn_implementation="eager")
@@ -76,7 +77,7 @@ def _hf_reference_logits(model: Any, source: str, tokens: torch.Tensor) -> torch
 
 
 def check_parity(
-    model: Any, tokens: Int[torch.Tensor, "batch pos"], *, hf_source: str | None = None
+    model: Bridge, tokens: Int[torch.Tensor, "batch pos"], *, hf_source: str | None = None
 ) -> ParityReport:
     """Measure the parity figures of ``model`` on ``tokens``.
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from hooklab.architectures import model_device
 from hooklab.errors import HooklabError
+from hooklab.types import Bridge
 
 __all__ = [
     "Prompt",
@@ -147,7 +148,7 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
 
 
 def greedy_continuations(
-    model: Any,
+    model: Bridge,
     prompts_ids: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -161,7 +162,7 @@ def greedy_continuations(
     """
     if max_new_tokens < 1:
         raise HooklabError(f"max_new_tokens={max_new_tokens} must be at least 1.")
-    hf_model = model.original_model
+    hf_model: Any = model.original_model
     device = model_device(model)
     pad = stop_ids[0] if stop_ids else 0
     out: list[list[int]] = []

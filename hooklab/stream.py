@@ -28,6 +28,7 @@ from hooklab.metrics import (
     layer_metrics,
     teacher_distribution,
 )
+from hooklab.types import Bridge
 
 __all__ = ["LensReadout", "read_lens", "read_residuals", "read_variants"]
 
@@ -51,7 +52,7 @@ class LensReadout:
 
 
 def read_lens(
-    model: Any,
+    model: Bridge,
     tokens: Int[torch.Tensor, "batch pos"],
     lens: Lens | None = None,
     *,
@@ -101,7 +102,7 @@ def read_lens(
 
 
 def read_residuals(
-    model: Any,
+    model: Bridge,
     resid_post: Float[torch.Tensor, "layer batch pos d_model"],
     read: Bool[torch.Tensor, "batch pos"],
     lens: Lens | None = None,
@@ -134,7 +135,7 @@ def read_residuals(
 
 
 def read_variants(
-    model: Any,
+    model: Bridge,
     resid_post: Float[torch.Tensor, "layer batch pos d_model"],
     variants: Sequence[tuple[int, Float[torch.Tensor, "layer batch pos d_model"]]],
     read: Bool[torch.Tensor, "batch pos"],
@@ -208,7 +209,7 @@ class _Plan:
 
 
 def _plan(
-    model: Any,
+    model: Bridge,
     rows: _Rows,
     variant_starts: list[int],
     chunk_rows: int | None,
@@ -269,7 +270,7 @@ def _chunk_teacher(rows: _Rows, workspace: Workspace, start: int, stop: int) -> 
 
 
 def _unembed(
-    model: Any,
+    model: Bridge,
     lens: Lens,
     rows: _Rows,
     plan: _Plan,
@@ -306,7 +307,7 @@ _Chunk = tuple[dict[str, torch.Tensor], torch.Tensor]  # name -> [n, layer] valu
 
 
 def _read_chunk(
-    model: Any, lens: Lens, rows: _Rows, plan: _Plan, start: int, stop: int
+    model: Bridge, lens: Lens, rows: _Rows, plan: _Plan, start: int, stop: int
 ) -> list[_Chunk]:
     """Every source's metrics at the positions ``start:stop`` of ``rows``, on the CPU."""
     n, last, workspace = stop - start, plan.n_layers - 1, plan.workspace

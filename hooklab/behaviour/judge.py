@@ -294,7 +294,7 @@ class JudgeCache:
         self.misses += 1
         if isinstance(judge, _CompletionJudge):
             reply: str | None = judge.complete(rubric.render(generation))
-            value = rubric.parse(reply)
+            value = rubric.parse(reply or "")
         else:
             reply, value = None, judge.score(generation, rubric)
         record = {

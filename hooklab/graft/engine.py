@@ -26,6 +26,7 @@ from hooklab.architectures import mlp_output
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn, residual_stream
 from hooklab.moe import moe_part_output
+from hooklab.types import Bridge, MoEPart, Router
 
 __all__ = [
     "MODES",
@@ -101,8 +102,8 @@ def _check_mode(
 
 
 def graft_hooks(
-    host: Any,
-    donor: Any,
+    host: Bridge,
+    donor: Bridge,
     layers: Sequence[int],
     mode: str,
     *,
@@ -111,8 +112,8 @@ def graft_hooks(
     record_norms: dict[int, torch.Tensor] | None = None,
     row_keys: Sequence[str] | None = None,
     seed: int = 0,
-    part: str = "mlp",
-    router: str = "host",
+    part: MoEPart = "mlp",
+    router: Router = "host",
     record: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> list[HookFn]:
     """Hooks on ``host`` that graft ``donor``'s MLP computation into ``layers``.
@@ -191,14 +192,14 @@ def graft_hooks(
 
 
 def module_change_norms(
-    host: Any,
-    donor: Any,
+    host: Bridge,
+    donor: Bridge,
     tokens: torch.Tensor,
     layers: Sequence[int],
     *,
     attention_mask: torch.Tensor | None = None,
-    part: str = "mlp",
-    router: str = "host",
+    part: MoEPart = "mlp",
+    router: Router = "host",
 ) -> dict[int, torch.Tensor]:
     """Layer -> [batch, pos] norm of the module graft's change, from a full module pass.
 

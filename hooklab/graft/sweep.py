@@ -89,8 +89,8 @@ class GraftConfig(Config):
                 f"direction={','.join(self.directions)}: accepted directions are "
                 f"{', '.join(DIRECTIONS)} and both."
             )
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
+        bad_modes = [m for m in self.modes if m not in MODES]
+        if bad_modes or not self.modes:
             raise HooklabError(
                 f"mode={','.join(self.modes)}: accepted modes are {', '.join(MODES)}."
             )
@@ -132,7 +132,7 @@ class _Condition:
     """One grafted stream per host: a mode, an MoE part and a window."""
 
     mode: str
-    part: str
+    part: MoEPart
     window: Window
 
     @property

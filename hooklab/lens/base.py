@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float
 
 from hooklab.architectures import read_logits
+from hooklab.types import Bridge
 
 __all__ = ["Lens", "LogitLens", "lens_logits"]
 
@@ -45,7 +46,7 @@ class LogitLens(Lens):
 
 
 def lens_logits(
-    model: Any, lens: Lens, layer: int, resid: Float[torch.Tensor, "... d_model"]
+    model: Bridge, lens: Lens, layer: int, resid: Float[torch.Tensor, "... d_model"]
 ) -> Float[torch.Tensor, "... d_vocab"]:
     """Logits of layer ``layer`` under ``lens``: ``R(T_layer(resid))`` (last layer untranslated)."""
     if layer != int(model.cfg.n_layers) - 1:

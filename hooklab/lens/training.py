@@ -21,6 +21,7 @@ from hooklab.architectures import model_device, read_logits
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream
 from hooklab.lens.tuned import TunedLens
+from hooklab.types import Bridge
 
 __all__ = ["TunedLensTrainConfig", "TunedLensTrainResult", "train_tuned_lens", "held_out_kl"]
 
@@ -76,7 +77,7 @@ class TunedLensTrainResult:
         return {**asdict(self), "config": asdict(self.config)}
 
 
-def _sequences(model: Any, texts: Sequence[str], seq_len: int) -> torch.Tensor:
+def _sequences(model: Bridge, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     """Pack a corpus into [n, seq_len] rows, each starting with BOS."""
     tokenizer = model.tokenizer
     stream: list[int] = []
@@ -97,7 +98,7 @@ def _sequences(model: Any, texts: Sequence[str], seq_len: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _frozen(model: Any) -> Iterator[None]:
+def _frozen(model: Bridge) -> Iterator[None]:
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for param, _ in flags:
         param.requires_grad_(False)
@@ -108,13 +109,13 @@ def _frozen(model: Any) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def _layer_kl(model: Any, lens: TunedLens, layer: int, resid: torch.Tensor, final_logprobs):
+def _layer_kl(model: Bridge, lens: TunedLens, layer: int, resid: torch.Tensor, final_logprobs):
     logprobs = torch.log_softmax(read_logits(model, lens.translate(layer, resid)).float(), -1)
     return (final_logprobs.exp() * (final_logprobs - logprobs)).sum(-1).mean()
 
 
 def held_out_kl(
-    model: Any, lens: TunedLens, sequences: torch.Tensor, batch_size: int = 8
+    model: Bridge, lens: TunedLens, sequences: torch.Tensor, batch_size: int = 8
 ) -> list[float]:
     """Mean KL(p_final ‖ p_l) per layer over ``sequences`` (last layer: 0 by construction)."""
     n_layers = int(model.cfg.n_layers)
@@ -132,7 +133,7 @@ def held_out_kl(
 
 
 def train_tuned_lens(
-    model: Any,
+    model: Bridge,
     texts: Sequence[str],
     *,
     config: TunedLensTrainConfig | None = None,
@@ -164,6 +165,7 @@ def train_tuned_lens(
     before = held_out_kl(model, lens, held, config.batch_size)
 
     params = [p for p in lens.parameters()]
+    optimizer: torch.optim.Optimizer
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     else:

@@ -24,6 +24,7 @@ import torch
 from hooklab.architectures import model_device, unembedding_weight
 from hooklab.errors import HooklabError
 from hooklab.lens.base import Lens
+from hooklab.types import Bridge
 
 __all__ = ["TunedLensConfig", "TunedLens", "unembed_hash", "unembed_sha256"]
 
@@ -48,11 +49,11 @@ _NUMPY_DEFAULT_PRINT_OPTIONS: dict[str, Any] = {
 }
 
 
-def _unembedding(model: Any) -> torch.Tensor:
+def _unembedding(model: Bridge) -> torch.Tensor:
     return unembedding_weight(model).detach()
 
 
-def unembed_hash(model: Any) -> str:
+def unembed_hash(model: Bridge) -> str:
     """The tuned-lens package's fingerprint of a model's unembedding matrix.
 
     SHA-256 of numpy's one-decimal summary of ``W_U`` (as ``tuned_lens.utils.tensor_hash``),
@@ -66,7 +67,7 @@ def unembed_hash(model: Any) -> str:
     return hashlib.sha256(str.encode(summary)).hexdigest()
 
 
-def unembed_sha256(model: Any) -> str:
+def unembed_sha256(model: Bridge) -> str:
     """hooklab's strong fingerprint of a model's unembedding: SHA-256 of its shape and every
     entry.
 
@@ -116,13 +117,19 @@ class TunedLens(Lens):
             for _ in range(config.num_hidden_layers)
         )
         for translator in self.translators:
+            assert isinstance(translator, torch.nn.Linear)
             torch.nn.init.zeros_(translator.weight)
             if translator.bias is not None:
                 torch.nn.init.zeros_(translator.bias)
 
     @classmethod
     def from_model(
-        cls, model: Any, *, name_or_path: str = "", revision: str | None = None, bias: bool = True
+        cls,
+        model: Bridge,
+        *,
+        name_or_path: str = "",
+        revision: str | None = None,
+        bias: bool = True,
     ) -> TunedLens:
         """A zero-initialised tuned lens for ``model`` (equal to the logit lens until trained)."""
         config = TunedLensConfig(
@@ -139,7 +146,9 @@ class TunedLens(Lens):
 
     def translator_for(self, layer: int) -> torch.nn.Linear:
         """The translator applied to the output of block ``layer``."""
-        return self.translators[layer + 1]
+        translator = self.translators[layer + 1]
+        assert isinstance(translator, torch.nn.Linear)
+        return translator
 
     def translate(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         translator = self.translator_for(layer)
@@ -159,7 +168,7 @@ class TunedLens(Lens):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, model: Any) -> TunedLens:
+    def load(cls, folder: str | Path, model: Bridge) -> TunedLens:
         """Load a lens saved by hooklab or the tuned-lens package, refusing one for another model.
 
         Checks, in order: the sizes (``d_model``, ``num_hidden_layers`` and every parameter's

@@ -24,6 +24,7 @@ from hooklab.attention import pattern_entropy
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn
 from hooklab.stats import bootstrap_mean_ci, sign_flip_test
+from hooklab.types import Bridge
 
 __all__ = ["attention_entropies", "entropy_difference"]
 
@@ -33,7 +34,7 @@ class _Stop(Exception):
 
 
 def attention_entropies(
-    model: Any,
+    model: Bridge,
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Bool[torch.Tensor, "batch pos"],
     *,
@@ -95,7 +96,7 @@ def attention_entropies(
     missing = [layer for layer, value in enumerate(per_layer) if value is None]
     if missing:
         raise RuntimeError(f"the attention-pattern hooks did not fire for layers {missing}")
-    entropies = np.stack(per_layer)  # [layer, batch, head]
+    entropies = np.stack([e for e in per_layer if e is not None])  # [layer, batch, head]
     n_heads = entropies.shape[-1]
     layer_grid, row_grid, head_grid = np.meshgrid(
         np.arange(n_layers), np.arange(batch), np.arange(n_heads), indexing="ij"

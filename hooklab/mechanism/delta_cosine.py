@@ -31,6 +31,7 @@ from hooklab.architectures import model_device
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn
 from hooklab.stats import bootstrap_mean_ci, sign_flip_test
+from hooklab.types import Bridge
 
 __all__ = ["COMPONENTS", "OppositionSummary", "delta_cosines", "opposition_summary", "late_layers"]
 
@@ -61,7 +62,7 @@ def _norm_ratio(update: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
 
 
 def delta_cosines(
-    model: Any,
+    model: Bridge,
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Bool[torch.Tensor, "batch pos"],
     *,

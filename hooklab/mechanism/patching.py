@@ -40,6 +40,7 @@ from hooklab.graft.windows import Window, parse_windows
 from hooklab.metrics import Workspace, late_layers
 from hooklab.stats import bootstrap_mean_ci
 from hooklab.stream import read_variants
+from hooklab.types import Bridge
 
 __all__ = [
     "COMPONENTS",
@@ -108,7 +109,7 @@ def setters_for(component: str, layers: Sequence[int]) -> list[Setter]:
 
 
 def donor_cache(
-    donor: Any,
+    donor: Bridge,
     tokens: Int[torch.Tensor, "batch pos"],
     hook_names: Sequence[str],
     *,
@@ -132,7 +133,7 @@ def donor_cache(
 
 
 def patch(
-    host: Any,
+    host: Bridge,
     cache: dict[str, torch.Tensor],
     tokens: Int[torch.Tensor, "batch pos"],
     setters: Sequence[Setter],

@@ -113,7 +113,7 @@ def write_tiny_checkpoint(
     folder = Path(folder)
     config = tiny_config(shape, **overrides)
     torch.manual_seed(seed)
-    model = _instantiate(config)
+    model: Any = _instantiate(config)
     _perturb_(model, scale=1.0, seed=seed, norms_only=True)
     model.save_pretrained(folder)
     build_tokenizer(config.get_text_config().vocab_size).save_pretrained(folder)
@@ -212,7 +212,8 @@ def build_model_from_config(
 
     from hooklab.loading import no_runtime_installs
 
-    config.architectures = [transformers.AutoModelForCausalLM._model_mapping[type(config)].__name__]
+    model_class: Any = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    config.architectures = [model_class.__name__]
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()

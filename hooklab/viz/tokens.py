@@ -22,6 +22,7 @@ import torch
 from hooklab.errors import HooklabError
 from hooklab.metrics import late_layers
 from hooklab.summaries import commitment_layers
+from hooklab.types import Bridge
 
 __all__ = [
     "token_values",
@@ -115,7 +116,7 @@ def token_values(
 
 
 def layer_topk(
-    model: Any, tokens: Sequence[int], positions: Sequence[int], lens: Any = None, k: int = 3
+    model: Bridge, tokens: Sequence[int], positions: Sequence[int], lens: Any = None, k: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` predicted tokens and probabilities of every layer at ``positions``.
 
