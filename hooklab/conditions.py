@@ -64,10 +64,6 @@ class ReadSequence:
     read_to: int
     truncated: bool = False
 
-    def target(self, position: int) -> int:
-        """The next token after ``position``, or -1 at the end."""
-        return self.tokens[position + 1] if position + 1 < len(self.tokens) else -1
-
 
 def check_conditions(conditions: Sequence[str]) -> list[str]:
     """Validate condition names (error names the accepted ones)."""

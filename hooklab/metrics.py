@@ -24,7 +24,7 @@ __all__ = [
     "chunk_metrics",
     "layer_metrics",
     "teacher_distribution",
-    "commitment_layer",
+    "first_committed_layer",
     "late_layers",
     "layers_label",
     "LATE_START_DEPTH",
@@ -255,7 +255,7 @@ def chunk_metrics(
     )[0]
 
 
-def commitment_layer(
+def first_committed_layer(
     committed: Bool[torch.Tensor, "... layer"],
 ) -> tuple[Int[torch.Tensor, "..."], Bool[torch.Tensor, "..."]]:
     """The smallest layer from which ``committed`` holds at every later layer.
@@ -267,7 +267,7 @@ def commitment_layer(
         ``(layer, never)``: the commitment layer, and whether the position never commits (the
         criterion fails at the last layer); such positions get ``n_layers - 1``.
 
-    >>> commitment_layer(torch.tensor([True, False, True, True]))
+    >>> first_committed_layer(torch.tensor([True, False, True, True]))
     (tensor(2), tensor(False))
     """
     n_layers = committed.shape[-1]

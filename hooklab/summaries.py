@@ -13,7 +13,7 @@ import torch
 
 from hooklab.errors import HooklabError
 from hooklab.metric_specs import SUMMARY_METRICS
-from hooklab.metrics import LATE_START_DEPTH, commitment_layer, late_layers, layers_label
+from hooklab.metrics import LATE_START_DEPTH, first_committed_layer, late_layers, layers_label
 from hooklab.stats import bootstrap_mean_ci
 
 __all__ = [
@@ -212,7 +212,7 @@ def commitment_layers(
     if top1:
         rules["top1"] = agree
     for rule, committed in rules.items():
-        layer, never = commitment_layer(committed)
+        layer, never = first_committed_layer(committed)
         out[f"commit_{rule}"] = layer.numpy()
         out[f"never_{rule}"] = never.numpy()
         out[f"commit_depth_{rule}"] = layer.numpy() / max(n_layers - 1, 1)

@@ -21,9 +21,7 @@ from hooklab.atomic import atomic_write
 from hooklab.conditions import ReadSequence
 from hooklab.stream import LensReadout
 
-__all__ = ["KEY_COLUMNS", "readout_frame", "environment", "write_table", "read_table"]
-
-KEY_COLUMNS = ("prompt_id", "condition", "model", "position", "layer")
+__all__ = ["readout_frame", "environment", "write_table"]
 
 
 def readout_frame(
@@ -121,8 +119,3 @@ def write_table(
         lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, default=str)),
     )
     return table_path
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A results table written by :func:`write_table`."""
-    return pd.read_parquet(path)

@@ -14,8 +14,8 @@ from hooklab.errors import HooklabError
 from hooklab.metric_specs import METRICS, metric_names
 from hooklab.metrics import (
     chunk_metrics,
-    commitment_layer,
     final_distribution,
+    first_committed_layer,
     late_layers,
     layers_label,
 )
@@ -106,13 +106,13 @@ def test_js_to_final_is_opt_in_and_the_default_tables_keep_their_columns():
     ],
 )
 def test_commitment_layer_follows_the_rule(curve, tau, layer, never):
-    got_layer, got_never = commitment_layer(torch.tensor(curve) < tau)
+    got_layer, got_never = first_committed_layer(torch.tensor(curve) < tau)
     assert (int(got_layer), bool(got_never)) == (layer, never)
 
 
 def test_commitment_layer_is_batched():
     curves = torch.tensor([[2.0, 0.05, 0.3, 0.01], [0.0, 0.0, 0.0, 0.0]])
-    layer, never = commitment_layer(curves < 0.1)
+    layer, never = first_committed_layer(curves < 0.1)
     assert layer.tolist() == [3, 0] and never.tolist() == [False, False]
 
 
