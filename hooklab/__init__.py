@@ -1,10 +1,14 @@
 """hooklab: model diffing of pretrained / instruction-tuned language-model pairs.
 
-Public API::
+Public API (everything the README and the notebooks use is importable from here)::
 
     pair = hooklab.load_pair("gemma3-4b")                 # or load_pair(pt=DIR_A, it=DIR_B)
     logits = hooklab.read_logits(pair.it, resid)          # the model's own readout
     mlp = hooklab.mlp_output(pair.pt, layer, resid_mid)   # the family's MLP path
+    table = hooklab.run_readout(pair, hooklab.load_prompts(), hooklab.ReadoutConfig())
+    hooklab.convergence_gap(table)                        # IT - PT, late region, CIs
+    histories = hooklab.make_histories(pair, hooklab.load_prompts())
+    effects = hooklab.graft_effects(hooklab.run_graft(pair, histories, hooklab.GraftConfig()))
 """
 
 from hooklab.architectures import (
@@ -28,13 +32,80 @@ from hooklab.errors import (
     PairMismatchError,
     UnsupportedArchitectureError,
 )
+from hooklab.experiment import Experiment, experiments, get_experiment, register_experiment
+from hooklab.graft import (
+    GraftConfig,
+    graft_effects,
+    layer_effects,
+    load_histories,
+    make_histories,
+    run_graft,
+    save_histories,
+)
 from hooklab.loading import CheckpointSource
 from hooklab.pair import ModelPair, load_pair
 from hooklab.parity import ParityReport, check_parity
+from hooklab.prompts import Prompt, load_prompts
+from hooklab.readout import ReadoutConfig, load_lenses, run_readout
+from hooklab.runs import ExecutionSpec, PairSpec, PromptSpec, RunSpec, load_spec, run_spec
+from hooklab.summaries import (
+    commitment_layers,
+    commitment_summary,
+    convergence_gap,
+    depth_summary,
+    layer_summary,
+)
+from hooklab.synthetic import build_random_model, write_tiny_pair
+from hooklab.viz import (
+    commitment_figure,
+    convergence_figure,
+    graft_effects_figure,
+    heatmap_figure,
+    save_html,
+)
+from hooklab.viz.report import write_report
+from hooklab.viz.tokens import token_view_html, write_token_view
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExecutionSpec",
+    "Experiment",
+    "GraftConfig",
+    "PairSpec",
+    "Prompt",
+    "PromptSpec",
+    "ReadoutConfig",
+    "RunSpec",
+    "commitment_figure",
+    "commitment_layers",
+    "commitment_summary",
+    "convergence_figure",
+    "convergence_gap",
+    "depth_summary",
+    "experiments",
+    "get_experiment",
+    "graft_effects",
+    "graft_effects_figure",
+    "heatmap_figure",
+    "layer_effects",
+    "layer_summary",
+    "load_histories",
+    "load_lenses",
+    "load_prompts",
+    "load_spec",
+    "make_histories",
+    "register_experiment",
+    "run_graft",
+    "run_readout",
+    "run_spec",
+    "save_histories",
+    "save_html",
+    "token_view_html",
+    "write_report",
+    "write_tiny_pair",
+    "build_random_model",
+    "write_token_view",
     "SUPPORTED_FAMILIES",
     "ArchitectureSpec",
     "AttentionLayout",

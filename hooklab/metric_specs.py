@@ -1,4 +1,4 @@
-"""The metric table: one :class:`MetricSpec` per lens metric (DESIGN.md section 3).
+"""The metric table: one :class:`MetricSpec` per lens metric (docs/definitions.md).
 
 Every place that needs to know about metrics (which are float, what an unread position holds,
 which need a target token or a teacher, which are summarised by default, which are opt-in)
