@@ -3,12 +3,12 @@
 Prompts are left-padded into batches with an attention mask and explicit position ids (each
 row's real tokens sit at positions 0, 1, 2, ... whatever its padding), so a row's tokens do
 not depend on which other prompts share its batch (up to the rounding of batched kernels:
-exact for the float32 CPU models of the tests; in bfloat16 on a GPU a near-tie can flip). With ``use_cache`` the Hugging Face KV
-cache behind the TransformerBridge is reused: after the prompt, each step runs only the new
-token, so hooks see ``[batch, 1, d_model]`` activations. Interventions must therefore be
-position-wise; those that need a token's absolute position or its prompt's key (the random
-control) read them from :func:`current_step`, which :func:`generate` sets for every forward
-pass.
+exact for the float32 CPU models of the tests; in bfloat16 on a GPU a near-tie can flip).
+With ``use_cache`` the Hugging Face KV cache behind the TransformerBridge is reused: after
+the prompt, each step runs only the new token, so hooks see ``[batch, 1, d_model]``
+activations. Interventions must therefore be position-wise; those that need a token's
+absolute position or its prompt's key (the random control) read them from
+:func:`current_step`, which :func:`generate` sets for every forward pass.
 
 Sampling draws one uniform number per prompt and step from a generator seeded by
 ``(seed, prompt key)`` and inverts the (temperature-scaled, top-p-truncated) CDF, so a
