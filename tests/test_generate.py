@@ -150,7 +150,7 @@ def test_no_op_interventions_reproduce_the_host(pair):
     p = pair("gemma3")
     host = _run(p.pt)
 
-    def observe(activation, hook):
+    def observe(activation, hook):  # noqa: ARG001
         return None
 
     for hook_list in (
@@ -217,7 +217,7 @@ def test_random_control_moves_each_token_by_the_graft_norm_at_its_absolute_posit
     layer, seen = 2, {}
 
     def keep(name):
-        def hook(activation, hook):
+        def hook(activation, hook):  # noqa: ARG001
             seen[name] = activation.detach().clone()
 
         return hook

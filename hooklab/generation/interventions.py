@@ -95,10 +95,10 @@ def random_control_hooks(
     out: list[HookFn] = []
     for layer in _layers(host, layers):
 
-        def keep(activation: torch.Tensor, hook: Any, layer: int = layer) -> None:
+        def keep(activation: torch.Tensor, hook: Any, layer: int = layer) -> None:  # noqa: ARG001
             resid_mid[layer] = activation
 
-        def replace(activation: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:
+        def replace(activation: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:  # noqa: ARG001
             step = current_step()
             grafted = mlp_output(donor, layer, resid_mid.pop(layer))
             norm = (grafted.float() - activation.float()).norm(dim=-1, keepdim=True)
@@ -114,7 +114,7 @@ def random_control_hooks(
 def skip_mlp_hooks(model: Any, layers: Iterable[int]) -> list[HookFn]:
     """Hooks that remove the MLP path of ``layers`` (``hook_mlp_out`` <- 0)."""
 
-    def zero(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+    def zero(activation: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
         return torch.zeros_like(activation)
 
     return [(hooks.mlp_out(layer), zero) for layer in _layers(model, layers)]
@@ -130,10 +130,10 @@ def skip_layer_hooks(model: Any, layers: Iterable[int]) -> list[HookFn]:
     out: list[HookFn] = []
     for layer in _layers(model, layers):
 
-        def keep(activation: torch.Tensor, hook: Any, layer: int = layer) -> None:
+        def keep(activation: torch.Tensor, hook: Any, layer: int = layer) -> None:  # noqa: ARG001
             entering[layer] = activation
 
-        def restore(activation: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:
+        def restore(activation: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:  # noqa: ARG001
             return entering.pop(layer)
 
         out += [(hooks.resid_pre(layer), keep), (hooks.resid_post(layer), restore)]
