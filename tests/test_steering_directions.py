@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import hooklab
-from hooklab import hooks
 from hooklab.graft.histories import History
 from hooklab.steering import (
+    HOOKS,
     Directions,
     PairedSums,
+    attach_projection,
     bootstrap_stability,
     collect_paired,
     cosine_table,
@@ -43,9 +44,10 @@ def _histories(n: int = 5) -> list[History]:
     return out
 
 
-def test_collection_equals_brute_force(llama):
+@pytest.mark.parametrize("hook", ["attn_out", "resid_post"])
+def test_collection_equals_brute_force(llama, hook):
     histories = _histories()
-    sums = collect_paired(llama, histories, hook="attn_out", top_k_tokens=6, batch_size=2)
+    sums = collect_paired(llama, histories, hook=hook, top_k_tokens=6, batch_size=2)
     assert sums.layers == tuple(range(llama.n_layers)) and sums.n_prompts == 5
     for side, per_prompt, per_token in (
         ("it", sums.it_sums, sums.it_token_sums),
@@ -57,7 +59,7 @@ def test_collection_equals_brute_force(llama):
             kept = {}
             fwd = [
                 (
-                    hooks.attn_out(layer),
+                    HOOKS[hook](layer),
                     lambda a, hook, layer=layer, kept=kept: kept.__setitem__(layer, a[0]),
                 )
                 for layer in sums.layers
@@ -135,6 +137,10 @@ def test_stability_identities():
     assert list(by_n) == sorted(by_n) and by_n[1000] > 0.99 and by_n[2] < 0.95
     assert (table["cos_low"] <= table["cos_median"]).all()
     assert (table["cos_median"] <= table["cos_high"]).all()
+    attached = attach_projection(dataclasses.replace(full, mean_projection=None), sums)
+    torch.testing.assert_close(attached.mean_projection, full.mean_projection)
+    expected = (full.vectors.double() * sums.it_sums.sum(0) / sums.n_tokens).sum(-1)
+    torch.testing.assert_close(full.mean_projection, expected.float())
     splits = split_cosines(sums, 3, seed=0)
     assert len(splits) == 3 * 2 and set(splits["n_prompts_a"]) == {4}
     assert splits["cos"].between(-1, 1).all()

@@ -17,6 +17,7 @@ from hooklab.steering.collect import (
 )
 from hooklab.steering.directions import (
     Directions,
+    attach_projection,
     bootstrap_stability,
     cosine_table,
     layer_cosine_matrix,
@@ -49,6 +50,7 @@ __all__ = [
     "Directions",
     "PairedSums",
     "RidgeStats",
+    "attach_projection",
     "bootstrap_stability",
     "collect_paired",
     "collect_ridge",

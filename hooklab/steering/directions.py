@@ -32,6 +32,7 @@ __all__ = [
     "cosine_table",
     "layer_cosine_matrix",
     "with_notes",
+    "attach_projection",
 ]
 
 SOURCES = ("mean", "matched", "ridge", "random", "other-layers")
@@ -265,6 +266,19 @@ def layer_cosine_matrix(directions: Directions) -> Float[torch.Tensor, "layer la
     """[layer, layer] cosines between the directions of different layers."""
     units = normalise(directions.vectors.to(torch.float64))
     return units @ units.T
+
+
+def attach_projection(directions: Directions, sums: PairedSums) -> Directions:
+    """A copy whose ``mean_projection`` is IT's mean projection ``d·mean_IT`` from ``sums``
+    (e.g. for ridge or other-layer directions, to inject them at IT's scale)."""
+    if directions.hook != sums.hook or any(x not in sums.layers for x in directions.layers):
+        raise HooklabError(
+            f"sums cover {sums.hook} at layers {list(sums.layers)}; the directions need "
+            f"{directions.hook} at {list(directions.layers)}."
+        )
+    mean_it = sums.means("it")[[sums.layers.index(x) for x in directions.layers]]
+    projection = (directions.vectors.to(torch.float64) * mean_it).sum(-1)
+    return replace(directions, mean_projection=projection.to(torch.float32))
 
 
 def with_notes(directions: Directions, **notes: Any) -> Directions:
