@@ -169,9 +169,11 @@ def check_pair(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     offload: str | None = None,
+    argument_prefix: str = "",
 ) -> PairCheck:
     """Every check :func:`load_pair` makes before loading weights (arguments as there):
     dtype, device, offload, both sources, configs, families, tokenizers, compatibility.
+    ``argument_prefix`` (e.g. ``"pair."``) is put before argument names in error messages.
 
     Raises:
         HooklabError: as :func:`load_pair`.
@@ -202,14 +204,22 @@ def check_pair(
     devices = {"pt": device_name, "it": device_name}
     if offload is not None:
         devices[offload] = "cpu"
-    pt_source = resolve_source(pt, pt_revision, argument="pt")
-    it_source = resolve_source(it, it_revision, argument="it")
-    pt_config = load_config(pt_source, trust_remote_code=trust_remote_code, argument="pt")
-    it_config = load_config(it_source, trust_remote_code=trust_remote_code, argument="it")
+    pt_source = resolve_source(pt, pt_revision, argument=f"{argument_prefix}pt")
+    it_source = resolve_source(it, it_revision, argument=f"{argument_prefix}it")
+    pt_config = load_config(
+        pt_source, trust_remote_code=trust_remote_code, argument=f"{argument_prefix}pt"
+    )
+    it_config = load_config(
+        it_source, trust_remote_code=trust_remote_code, argument=f"{argument_prefix}it"
+    )
     spec = spec_for_config(pt_config)
     spec_for_config(it_config)
-    pt_tokenizer = load_tokenizer(pt_source, trust_remote_code=trust_remote_code, argument="pt")
-    it_tokenizer = load_tokenizer(it_source, trust_remote_code=trust_remote_code, argument="it")
+    pt_tokenizer = load_tokenizer(
+        pt_source, trust_remote_code=trust_remote_code, argument=f"{argument_prefix}pt"
+    )
+    it_tokenizer = load_tokenizer(
+        it_source, trust_remote_code=trust_remote_code, argument=f"{argument_prefix}it"
+    )
     report = check_compatibility(pt_config, it_config, pt_tokenizer, it_tokenizer)
     report.raise_if_incompatible(str(pt), str(it))
     return PairCheck(

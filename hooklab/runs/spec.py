@@ -108,7 +108,7 @@ class PairSpec(Config):
             return PairShape(int(entry.shape["num_hidden_layers"]), entry.shape.get("vocab_size"))
         if self.name is None and (self.pt is None or self.it is None):
             raise HooklabError("[pair] needs name = '...' or both pt = '...' and it = '...'.")
-        checked = check_pair(**self._kwargs())
+        checked = check_pair(**self._kwargs(), argument_prefix="pair.")
         return PairShape(checked.n_layers, checked.d_vocab)
 
     def n_layers(self) -> int:
