@@ -414,6 +414,9 @@ def _register_experiments() -> None:
             )
 
 
+_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line and exit with status 2; an interrupted run
     exits with 130 and says how to resume."""
@@ -422,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()  # per-file bars drown the report
     try:
         _register_experiments()
-        app(args=argv, standalone_mode=False)
+        # typer turns Ctrl-C into exit code 130, returned (not raised) when not standalone
+        status = app(args=argv, standalone_mode=False)
+        if status == _INTERRUPTED:
+            raise KeyboardInterrupt
     except HooklabError as error:
         typer.echo(f"hooklab: error: {error}", err=True)
         return 2
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             "hooklab: interrupted; rerun the same command to resume (finished parts are kept).",
             err=True,
         )
-        return 130
+        return _INTERRUPTED
     except typer.Exit as exit_:
         return exit_.exit_code
     except Exception as error:  # click's usage errors
@@ -441,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, OSError):
             return _os_error(error)
         raise
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def _os_error(error: OSError) -> int:

@@ -62,6 +62,7 @@ def plan_run(spec: RunSpec) -> RunPlan:
     prompts = spec.prompts.load()
     parts = plan_parts([p.id for p in prompts], spec.execution.part_size)
     estimate = spec.kind.plan(spec.experiment_config(), len(prompts), n_layers)
+    _check_run_folder(spec, prompts)  # a dry run refuses the folders a run would
     return RunPlan(spec, n_layers, len(prompts), parts, estimate)
 
 
@@ -86,12 +87,18 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"]
 
 
-def _check_out_folder(out: Path) -> None:
-    """Refuse to write into a folder that is neither empty nor a hooklab run."""
+def _check_out_folder(out: Path, spec_toml: str) -> None:
+    """Refuse to write into a folder that is neither empty nor a hooklab run.
+
+    A folder holding only this very spec's ``spec.toml`` is this run's: killed (or, for a
+    second process of the same run, caught) between writing ``spec.toml`` and ``run.json``.
+    """
     if out.exists() and not out.is_dir():
         raise HooklabError(f"out={str(out)!r} is a file; name a folder for the run.")
     if out.is_dir() and not (out / RUN_FILE).is_file():
         stray = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if stray == [SPEC_FILE] and _same_text(out / SPEC_FILE, spec_toml):
+            return
         if stray:
             raise HooklabError(
                 f"out={str(out)!r} is not empty and holds no hooklab run ({', '.join(stray[:3])}"
@@ -99,34 +106,57 @@ def _check_out_folder(out: Path) -> None:
             )
 
 
+def _same_text(path: Path, text: str) -> bool:
+    try:
+        return path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_run_folder(spec: RunSpec, prompts: list) -> bool:
+    """Refuse an out folder that is not this run's (nothing written); whether it holds it."""
+    out = Path(spec.out)
+    _check_out_folder(out, spec.to_toml())
+    path = out / RUN_FILE
+    if not path.is_file():
+        return False
+    previous = _read_json(path)["run"]
+    what = _run_identity(spec, prompts)
+    differences = _differences(json.loads(json.dumps(previous)), json.loads(json.dumps(what)))
+    if differences:
+        raise HooklabError(
+            f"{out} already holds a different run ({'; '.join(differences[:4])}); "
+            "resume with the same spec, or choose another out folder."
+        )
+    return True
+
+
 def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> None:
     out = Path(spec.out)
-    _check_out_folder(out)
+    held = _check_run_folder(spec, prompts)
     out.mkdir(parents=True, exist_ok=True)
-    what = _run_identity(spec, prompts)
     path = out / RUN_FILE
-    if path.is_file():
-        previous = _read_json(path)["run"]
-        differences = _differences(json.loads(json.dumps(previous)), json.loads(json.dumps(what)))
-        if differences:
-            raise HooklabError(
-                f"{out} already holds a different run ({'; '.join(differences[:4])}); "
-                "resume with the same spec, or choose another out folder."
-            )
+    if held:
         if not (out / SPEC_FILE).is_file():  # written first, but be robust to older folders
             atomic_write_text(out / SPEC_FILE, spec.to_toml())
         return
     # spec.toml first, run.json last, each atomically: a run killed between the two writes
     # leaves no run.json, and the restart starts it afresh.
     atomic_write_text(out / SPEC_FILE, spec.to_toml())
-    payload = {"run": what, "parts": [dataclasses.asdict(p) for p in plan.parts]}
+    payload = {
+        "run": _run_identity(spec, prompts),
+        "parts": [dataclasses.asdict(p) for p in plan.parts],
+    }
     atomic_write_text(path, json.dumps(payload, indent=2, default=list))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError(f"a JSON object was expected, not {type(value).__name__}")
+        return value
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         raise HooklabError(
             f"{path} is damaged ({error}); if the run folder was being written when it broke, "
             "delete the folder and run again."
@@ -256,7 +286,7 @@ def run_spec(
     if not merge:
         return None
     store = PartStore(spec.out)
-    plan = json.loads((Path(spec.out) / RUN_FILE).read_text())
+    plan = _read_json(Path(spec.out) / RUN_FILE)
     if all(store.is_done(Part(p["index"], tuple(p["prompt_ids"]))) for p in plan["parts"]):
         return merge_run(spec.out)
     return None
@@ -336,7 +366,7 @@ def run_info(out_dir: str | Path) -> str:
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         if (out / RUN_FILE).is_file():
-            run = json.loads((out / RUN_FILE).read_text())
+            run = _read_json(out / RUN_FILE)
             store = PartStore(out)
             done = sum(
                 store.is_done(Part(p["index"], tuple(p["prompt_ids"]))) for p in run["parts"]
@@ -346,7 +376,16 @@ def run_info(out_dir: str | Path) -> str:
                 f"{len(run['parts'])} parts done."
             )
         raise HooklabError(f"{out} holds neither manifest.json nor {RUN_FILE}.")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_json(manifest_path)
+    try:
+        return _describe_manifest(out, manifest)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise HooklabError(
+            f"{manifest_path} is not a hooklab manifest (no {error}); pass a run's out folder."
+        ) from None
+
+
+def _describe_manifest(out: Path, manifest: dict[str, Any]) -> str:
     lines = [
         f"{out}: {manifest['config'].get('experiment', '?')} run, {manifest.get('n_rows')} "
         f"rows in {manifest.get('table')}",
