@@ -157,7 +157,7 @@ def test_sigint_exits_130_and_the_same_command_resumes(tiny, reference, tmp_path
 # ---------------------------------------------------------------- shards at the same time
 
 
-def test_two_shards_started_together_merge_to_one_run(tiny, reference, tmp_path, capsys):
+def test_two_shards_started_together_merge_to_one_run(tiny, reference, tmp_path, capsys):  # noqa: ARG001
     out = tmp_path / "out"
     spec = _write_spec(tmp_path / "spec.toml", tiny, out)
     shards = [_start(["run", spec, "--shard", f"{i}/2"]) for i in range(2)]

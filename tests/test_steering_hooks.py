@@ -93,7 +93,7 @@ def test_direction_orthogonal_to_every_activation_changes_nothing(tiny_pair):
     tokens = _tokens()
     captured = []
     capture = [
-        (hooks.mlp_out(layer), lambda a, hook: captured.append(a))
+        (hooks.mlp_out(layer), lambda a, hook: captured.append(a))  # noqa: ARG005
         for layer in range(n_layers)  # noqa: ARG005
     ]
     plain = _logits(model, tokens, capture)

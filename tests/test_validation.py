@@ -91,7 +91,14 @@ CASES = ["dtype", "device", "lens", "family", "d_model", "max_new_tokens", "limi
 @pytest.mark.parametrize("case", [*CASES, "part_size"])
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
 def test_bad_options_are_refused_before_anything_is_written(
-    tiny, tiny_pair, tiny_checkpoint, tmp_path, capsys, no_models, case, dry_run
+    tiny,
+    tiny_pair,
+    tiny_checkpoint,
+    tmp_path,
+    capsys,
+    no_models,
+    case,
+    dry_run,  # noqa: ARG001
 ):
     edit, message = _bad_options(tiny_pair, tiny_checkpoint)[case]
     out = tmp_path / "out"
@@ -103,7 +110,7 @@ def test_bad_options_are_refused_before_anything_is_written(
     assert not out.exists()
 
 
-def test_a_refusal_leaves_an_existing_folder_as_it_was(tiny, tmp_path, capsys, no_models):
+def test_a_refusal_leaves_an_existing_folder_as_it_was(tiny, tmp_path, capsys, no_models):  # noqa: ARG001
     out = tmp_path / "out"
     out.mkdir()
     code, err = _cli(capsys, *_readout_args(tiny, out, "--dtype", "float8"))
@@ -155,7 +162,10 @@ def test_an_empty_out_is_refused(tiny, tmp_path, out):
 
 
 def test_a_folder_that_is_not_a_run_is_refused_and_left_untouched(
-    tiny, tmp_path, capsys, no_models
+    tiny,
+    tmp_path,
+    capsys,
+    no_models,  # noqa: ARG001
 ):
     out = tmp_path / "mine"
     out.mkdir()
@@ -259,7 +269,12 @@ def _histories_cases(folder: Path) -> dict[str, tuple[Path, str]]:
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "foreign"])
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
 def test_bad_histories_are_refused_before_any_work(
-    tiny, tmp_path, capsys, no_models, case, dry_run
+    tiny,
+    tmp_path,
+    capsys,
+    no_models,
+    case,
+    dry_run,  # noqa: ARG001
 ):
     histories, message = _histories_cases(tmp_path)[case]
     out = tmp_path / "out"
@@ -290,7 +305,7 @@ def test_a_graft_reuses_a_readout_runs_folder_as_histories(tiny, tmp_path, capsy
 # ---------------------------------------------------------------- TOML types, damaged run.json
 
 
-def test_toml_type_errors_are_refused_naming_the_key(tiny, tmp_path, capsys, no_models):
+def test_toml_type_errors_are_refused_naming_the_key(tiny, tmp_path, capsys, no_models):  # noqa: ARG001
     path = tmp_path / "spec.toml"
     path.write_text(_spec_text(tiny, "out", execution={"part_size": "2"}))
     with pytest.raises(HooklabError, match=r"execution.part_size='2': expected an integer"):
@@ -303,7 +318,7 @@ def test_toml_type_errors_are_refused_naming_the_key(tiny, tmp_path, capsys, no_
     assert not (tmp_path / "out").exists()
 
 
-def test_one_direction_as_a_string_is_one_direction(tiny, tmp_path, no_models):
+def test_one_direction_as_a_string_is_one_direction(tiny, tmp_path, no_models):  # noqa: ARG001
     path = tmp_path / "spec.toml"
     path.write_text(
         'experiment = "graft"\nout = "out"\n'
@@ -318,7 +333,7 @@ def test_one_direction_as_a_string_is_one_direction(tiny, tmp_path, no_models):
         load_spec(path)
 
 
-def test_a_damaged_run_json_is_a_user_error(tiny, tmp_path, capsys, no_models):
+def test_a_damaged_run_json_is_a_user_error(tiny, tmp_path, capsys, no_models):  # noqa: ARG001
     out = tmp_path / "out"
     out.mkdir()
     (out / "run.json").write_text('{"run": {"experiment": "readout", "pair"')  # truncated
