@@ -17,7 +17,7 @@ import torch
 from hooklab.cli import main
 from hooklab.errors import HooklabError
 from hooklab.runs import PartStore, load_spec, merge_run, plan_run, run_info, run_spec
-from hooklab.runs.storage import Part
+from hooklab.runs.storage import PromptPart
 
 KEYS = ["prompt_id", "condition", "model", "position", "layer"]
 
@@ -133,7 +133,7 @@ def test_corrupt_or_half_written_parts_are_redone(tiny, reference, tmp_path):
     table.write_bytes(table.read_bytes()[:100])  # truncated
     (parts / ".part-00002.parquet.x.tmp").write_bytes(b"half")  # a killed writer's file
     store = PartStore(tmp_path / "out")
-    assert not store.is_done(Part(1, ("instruction-02", "instruction-03")))
+    assert not store.is_done(PromptPart(1, ("instruction-02", "instruction-03")))
     with pytest.raises(HooklabError, match="missing or damaged"):
         merge_run(tmp_path / "out")
     path = run_spec(spec, progress=False)

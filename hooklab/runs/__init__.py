@@ -2,12 +2,12 @@
 
 from hooklab.runs.execute import RunPlan, merge_run, plan_run, run_info, run_shard, run_spec
 from hooklab.runs.spec import ExecutionSpec, PairSpec, PromptSpec, RunSpec, load_spec
-from hooklab.runs.storage import Part, PartStore, parse_shard, plan_parts, select_shard
+from hooklab.runs.storage import PartStore, PromptPart, parse_shard, plan_parts, select_shard
 
 __all__ = [
     "ExecutionSpec",
     "PairSpec",
-    "Part",
+    "PromptPart",
     "PartStore",
     "PromptSpec",
     "RunPlan",

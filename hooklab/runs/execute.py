@@ -18,7 +18,7 @@ from hooklab.errors import HooklabError
 from hooklab.experiment import PartInput, PlanEstimate
 from hooklab.prompts import prompt_set_hash
 from hooklab.runs.spec import RunSpec, load_spec
-from hooklab.runs.storage import Part, PartStore, plan_parts, select_shard
+from hooklab.runs.storage import PartStore, PromptPart, plan_parts, select_shard
 
 __all__ = ["RunPlan", "plan_run", "run_spec", "run_shard", "merge_run", "run_info", "RUN_FILE"]
 
@@ -34,7 +34,7 @@ class RunPlan:
     spec: RunSpec
     n_layers: int
     n_prompts: int
-    parts: list[Part]
+    parts: list[PromptPart]
     estimate: PlanEstimate
 
     @property
@@ -169,7 +169,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def _run_part(spec: RunSpec, pair: Any, context: Any, prompts: list, part: Part):
+def _run_part(spec: RunSpec, pair: Any, context: Any, prompts: list, part: PromptPart):
     """The rows of one part; on out-of-memory the batch is halved and the part retried."""
     kind = spec.kind
     config = spec.experiment_config()
@@ -287,7 +287,7 @@ def run_spec(
         return None
     store = PartStore(spec.out)
     plan = _read_json(Path(spec.out) / RUN_FILE)
-    if all(store.is_done(Part(p["index"], tuple(p["prompt_ids"]))) for p in plan["parts"]):
+    if all(store.is_done(PromptPart(p["index"], tuple(p["prompt_ids"]))) for p in plan["parts"]):
         return merge_run(spec.out)
     return None
 
@@ -301,7 +301,7 @@ def merge_run(out_dir: str | Path) -> Path:
         raise HooklabError(f"{out} holds no {RUN_FILE}: it is not a hooklab run folder.")
     run = _read_json(out / RUN_FILE)
     store = PartStore(out)
-    parts = [Part(p["index"], tuple(p["prompt_ids"])) for p in run["parts"]]
+    parts = [PromptPart(p["index"], tuple(p["prompt_ids"])) for p in run["parts"]]
     missing = [p.name for p in parts if not store.is_done(p)]
     if missing:
         raise HooklabError(
@@ -369,7 +369,7 @@ def run_info(out_dir: str | Path) -> str:
             run = _read_json(out / RUN_FILE)
             store = PartStore(out)
             done = sum(
-                store.is_done(Part(p["index"], tuple(p["prompt_ids"]))) for p in run["parts"]
+                store.is_done(PromptPart(p["index"], tuple(p["prompt_ids"]))) for p in run["parts"]
             )
             return (
                 f"{out}: {run['run']['experiment']} run, not merged yet: {done} of "

@@ -22,13 +22,13 @@ import pandas as pd
 from hooklab.atomic import atomic_write, clean_stale_temporaries
 from hooklab.errors import HooklabError
 
-__all__ = ["Part", "plan_parts", "select_shard", "parse_shard", "PartStore"]
+__all__ = ["PromptPart", "plan_parts", "select_shard", "parse_shard", "PartStore"]
 
 PARTS_DIR = "parts"
 
 
 @dataclass(frozen=True)
-class Part:
+class PromptPart:
     """A fixed group of prompts whose rows are stored together."""
 
     index: int
@@ -39,10 +39,10 @@ class Part:
         return f"part-{self.index:05d}"
 
 
-def plan_parts(prompt_ids: Sequence[str], part_size: int) -> list[Part]:
+def plan_parts(prompt_ids: Sequence[str], part_size: int) -> list[PromptPart]:
     """Consecutive groups of ``part_size`` prompts, in prompt order."""
     return [
-        Part(i, tuple(prompt_ids[start : start + part_size]))
+        PromptPart(i, tuple(prompt_ids[start : start + part_size]))
         for i, start in enumerate(range(0, len(prompt_ids), part_size))
     ]
 
@@ -60,7 +60,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def select_shard(parts: Sequence[Part], shard: tuple[int, int]) -> list[Part]:
+def select_shard(parts: Sequence[PromptPart], shard: tuple[int, int]) -> list[PromptPart]:
     """The parts of shard ``i`` of ``n``: every ``n``-th part, starting at ``i``."""
     index, count = shard
     return [part for part in parts if part.index % count == index]
@@ -81,10 +81,10 @@ class PartStore:
         self.folder = Path(out_dir) / PARTS_DIR
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def _paths(self, part: Part) -> tuple[Path, Path]:
+    def _paths(self, part: PromptPart) -> tuple[Path, Path]:
         return self.folder / f"{part.name}.parquet", self.folder / f"{part.name}.json"
 
-    def marker(self, part: Part) -> dict[str, Any] | None:
+    def marker(self, part: PromptPart) -> dict[str, Any] | None:
         """The part's marker if the part is complete and intact, else ``None``."""
         table, marker = self._paths(part)
         if not table.is_file() or not marker.is_file():
@@ -97,10 +97,10 @@ class PartStore:
             return None
         return info
 
-    def is_done(self, part: Part) -> bool:
+    def is_done(self, part: PromptPart) -> bool:
         return self.marker(part) is not None
 
-    def write(self, part: Part, frame: pd.DataFrame, info: dict[str, Any]) -> None:
+    def write(self, part: PromptPart, frame: pd.DataFrame, info: dict[str, Any]) -> None:
         """Write the part's table, then its marker, each atomically."""
         table, marker = self._paths(part)
         atomic_write(table, lambda tmp: frame.to_parquet(tmp, index=False))
@@ -113,12 +113,12 @@ class PartStore:
         }
         atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
-    def read(self, part: Part) -> pd.DataFrame:
+    def read(self, part: PromptPart) -> pd.DataFrame:
         if not self.is_done(part):
             raise HooklabError(f"{part.name} is missing or damaged; run the spec again to redo it.")
         return pd.read_parquet(self._paths(part)[0])
 
-    def clean_temporaries(self, parts: Sequence[Part] | None = None) -> int:
+    def clean_temporaries(self, parts: Sequence[PromptPart] | None = None) -> int:
         """Remove the temporaries a killed writer left for ``parts``; returns how many.
 
         Pass the shard's own parts: another shard's temporaries are never looked at, and a
