@@ -96,7 +96,7 @@ def test_bad_options_are_refused_before_anything_is_written(
     tiny_checkpoint,
     tmp_path,
     capsys,
-    no_models,
+    no_models,  # noqa: ARG001
     case,
     dry_run,  # noqa: ARG001
 ):
@@ -272,7 +272,7 @@ def test_bad_histories_are_refused_before_any_work(
     tiny,
     tmp_path,
     capsys,
-    no_models,
+    no_models,  # noqa: ARG001
     case,
     dry_run,  # noqa: ARG001
 ):
