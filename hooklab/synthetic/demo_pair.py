@@ -104,9 +104,10 @@ def _train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if step % 100 == 0 or step == steps - 1:
+        if step % 50 == 0 or step == steps - 1:
             kind = "text" if use_text else "main"
-            print(f"{label} step {step}/{steps} {kind} loss {loss.item():.3f}", flush=True)
+            clock = time.strftime("%H:%M:%S")
+            print(f"{clock} {label} step {step}/{steps} {kind} loss {loss.item():.3f}", flush=True)
     model.eval()
 
 
