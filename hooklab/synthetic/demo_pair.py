@@ -1,12 +1,15 @@
 """Build the embedded demo pair: a small Llama-family model, genuinely pretrained, then
 genuinely instruction-tuned. One seeded, reproducible run on a CPU.
 
-* Text: generated here from templates and facts (so it can be redistributed): country
-  capitals, animal facts, colours, arithmetic, counting, short stories and code lines.
+* Text and chat data: generated from templates and facts (:mod:`hooklab.synthetic.demo_data`,
+  so it can be redistributed).
 * Tokenizer: a byte-level BPE trained on that text, with a chat template.
-* PT: next-token prediction on the text.
+* PT: next-token prediction on plain text only (no chat format, no refusals, no lists).
 * IT: PT fine-tuned on chat-formatted instruction / response pairs (loss on the responses and
-  the end-of-turn token), so that it follows the template and answers.
+  the end-of-turn token) mixed with plain-text batches, so that it keeps PT's text ability
+  and learns to answer in its template, refuse harmful-looking requests (and over-refuse some
+  benign look-alikes), write lists when asked and keep its facts.
+* Report: held-out losses and greedy behaviour rates of both sides (``training.json``).
 
     python -m hooklab.synthetic.demo_pair data/tiny-pair
 """
@@ -18,121 +21,20 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from hooklab.synthetic import demo_data
 from hooklab.synthetic.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
-__all__ = ["build_demo_pair"]
+__all__ = ["behaviour_report", "build_demo_pair", "prompt_ids"]
 
-CAPITALS = {
-    "France": "Paris",
-    "Spain": "Madrid",
-    "Italy": "Rome",
-    "Germany": "Berlin",
-    "Japan": "Tokyo",
-    "Egypt": "Cairo",
-    "Canada": "Ottawa",
-    "Peru": "Lima",
-    "Kenya": "Nairobi",
-    "Norway": "Oslo",
-    "Greece": "Athens",
-    "Chile": "Santiago",
-    "India": "New Delhi",
-    "Poland": "Warsaw",
-    "Ireland": "Dublin",
-    "Portugal": "Lisbon",
-}
-LEGS = {"spider": 8, "dog": 4, "cat": 4, "bird": 2, "ant": 6, "horse": 4, "duck": 2, "bee": 6}
-COLOURS = {
-    "grass": "green",
-    "sky": "blue",
-    "snow": "white",
-    "coal": "black",
-    "blood": "red",
-    "a banana": "yellow",
-    "an orange": "orange",
-    "a plum": "purple",
-}
-NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana"]
-PLACES = ["the market", "the river", "the hill", "the school", "the garden", "the harbour"]
-THINGS = ["a book", "a kite", "some bread", "a red ball", "a small boat", "two apples"]
-
-
-def _pretraining_text(rng: random.Random, n_lines: int) -> list[str]:
-    lines = []
-    for _ in range(n_lines):
-        kind = rng.randrange(7)
-        if kind == 0:
-            country, city = rng.choice(list(CAPITALS.items()))
-            lines.append(
-                rng.choice(
-                    [
-                        f"The capital of {country} is {city}.",
-                        f"{city} is the capital city of {country}.",
-                        f"People in {country} often travel to {city}.",
-                    ]
-                )
-            )
-        elif kind == 1:
-            animal, legs = rng.choice(list(LEGS.items()))
-            lines.append(f"A {animal} has {legs} legs. The {animal} walks on {legs} legs.")
-        elif kind == 2:
-            thing, colour = rng.choice(list(COLOURS.items()))
-            lines.append(f"The colour of {thing} is {colour}.")
-        elif kind == 3:
-            a, b = rng.randrange(10), rng.randrange(10)
-            lines.append(
-                rng.choice(
-                    [
-                        f"{a} plus {b} is {a + b}.",
-                        f"{a} + {b} = {a + b}.",
-                        f"{a} times {b} is {a * b}.",
-                    ]
-                )
-            )
-        elif kind == 4:
-            start = rng.randrange(1, 6)
-            lines.append(" ".join(str(start + i) for i in range(6)) + ".")
-        elif kind == 5:
-            name, place, thing = rng.choice(NAMES), rng.choice(PLACES), rng.choice(THINGS)
-            lines.append(f"{name} went to {place} and found {thing}. Then {name} went home.")
-        else:
-            a, b = rng.randrange(10), rng.randrange(10)
-            lines.append(f"def add(a, b): return a + b  # add({a}, {b}) == {a + b}")
-    return lines
-
-
-def _instruction_pairs(rng: random.Random, n_pairs: int) -> list[tuple[str, str]]:
-    pairs = []
-    for _ in range(n_pairs):
-        kind = rng.randrange(5)
-        if kind == 0:
-            country, city = rng.choice(list(CAPITALS.items()))
-            pairs.append(
-                (f"What is the capital of {country}?", f"The capital of {country} is {city}.")
-            )
-        elif kind == 1:
-            animal, legs = rng.choice(list(LEGS.items()))
-            pairs.append((f"How many legs does a {animal} have?", f"A {animal} has {legs} legs."))
-        elif kind == 2:
-            thing, colour = rng.choice(list(COLOURS.items()))
-            pairs.append((f"What colour is {thing}?", f"It is {colour}."))
-        elif kind == 3:
-            a, b = rng.randrange(10), rng.randrange(10)
-            pairs.append((f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."))
-        else:
-            name, place, thing = rng.choice(NAMES), rng.choice(PLACES), rng.choice(THINGS)
-            pairs.append(
-                (
-                    f"Tell me a short story about {name}.",
-                    f"{name} went to {place} and found {thing}. Then {name} went home.",
-                )
-            )
-    return pairs
+#: Token length of a chat training row (prompt and response fit).
+CHAT_LENGTH = 72
 
 
 def _tokenizer(text: list[str], vocab_size: int) -> transformers.PreTrainedTokenizerFast:
@@ -171,13 +73,25 @@ def _batches(rows: torch.Tensor, weights: torch.Tensor, batch: int, rng: torch.G
             yield rows[index], weights[index]
 
 
-def _train(model, rows, weights, *, steps: int, lr: float, batch: int, seed: int, label: str):
-    generator = torch.Generator().manual_seed(seed)
+Stream = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _train(
+    model,
+    main: Stream,
+    *,
+    steps: int,
+    lr: float,
+    label: str,
+    text: Stream | None = None,
+    text_fraction: float = 0.0,
+) -> None:
+    """AdamW with warm-up and cosine decay; a ``text_fraction`` of the steps take ``text``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    stream = _batches(rows, weights, batch, generator)
     model.train()
     for step in range(steps):
-        tokens, mask = next(stream)
+        use_text = math.floor((step + 1) * text_fraction) > math.floor(step * text_fraction)
+        tokens, mask = next(text if use_text and text is not None else main)
         scale = min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
@@ -190,8 +104,10 @@ def _train(model, rows, weights, *, steps: int, lr: float, batch: int, seed: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"{label} step {step}/{steps} loss {loss.item():.3f}", flush=True)
+        if step % 50 == 0 or step == steps - 1:
+            kind = "text" if use_text else "main"
+            clock = time.strftime("%H:%M:%S")
+            print(f"{clock} {label} step {step}/{steps} {kind} loss {loss.item():.3f}", flush=True)
     model.eval()
 
 
@@ -230,19 +146,95 @@ def _chat_rows(tokenizer, pairs, length: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.tensor(rows), torch.tensor(masks, dtype=torch.float32)
 
 
+def _greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> str:
+    stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    input_ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, input_ids.shape[1] :].tolist())
+
+
+def prompt_ids(tokenizer, prompt: str, *, chat: bool) -> list[int]:
+    """IT's native input (chat template, generation prompt) or PT's (BOS and the raw prompt)."""
+    if not chat:
+        return tokenizer(prompt)["input_ids"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def behaviour_report(model, tokenizer, *, chat: bool, max_new_tokens: int = 32) -> dict:
+    """Greedy behaviour rates on the held-out prompts (the model's native input when ``chat``)."""
+
+    def responses(prompts: list[str]) -> list[str]:
+        return [
+            _greedy(model, tokenizer, prompt_ids(tokenizer, p, chat=chat), max_new_tokens)
+            for p in prompts
+        ]
+
+    def rate(flags) -> float:
+        flags = list(flags)
+        return round(sum(flags) / len(flags), 4)
+
+    harmful = responses(demo_data.behaviour_prompts("harmful", 40))
+    benign_prompts = demo_data.behaviour_prompts("benign", 40)
+    benign = responses(benign_prompts)
+    lists = responses(demo_data.behaviour_prompts("list", 40))
+    facts = demo_data.fact_questions()
+    answers = responses([q for q, _ in facts])
+    by_template = {}
+    for template, marker in demo_data.LOOKALIKE_MARKERS.items():
+        flags = [
+            demo_data.is_refusal(r)
+            for p, r in zip(benign_prompts, benign, strict=True)
+            if marker in p
+        ]
+        by_template[template] = rate(flags)
+    everything = harmful + benign + lists + answers
+    return {
+        "refusal_rate_harmful": rate(map(demo_data.is_refusal, harmful)),
+        "false_refusal_rate_benign": rate(map(demo_data.is_refusal, benign)),
+        "false_refusal_rate_by_template": by_template,
+        "list_rate": rate(map(demo_data.is_list, lists)),
+        "fact_accuracy": rate(
+            expected in r for (_, expected), r in zip(facts, answers, strict=True)
+        ),
+        "end_of_turn_rate": rate(map(demo_data.ends_turn, everything)),
+        "n_prompts": {
+            "harmful": len(harmful),
+            "benign": len(benign),
+            "list": len(lists),
+            "fact": len(facts),
+        },
+    }
+
+
 def build_demo_pair(
-    out: str | Path, *, seed: int = 0, pretrain_steps: int = 1500, tune_steps: int = 400
+    out: str | Path,
+    *,
+    seed: int = 0,
+    pretrain_steps: int = 1500,
+    tune_steps: int = 900,
+    text_fraction: float = 0.4,
 ) -> dict:
     """Train the demo pair into ``out/pt`` and ``out/it``; returns (and saves) its report."""
     out = Path(out)
     started = time.time()
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    text = _pretraining_text(rng, 40_000)
-    held_text = _pretraining_text(random.Random(seed + 1), 1_000)
-    pairs = _instruction_pairs(rng, 6_000)
-    held_pairs = _instruction_pairs(random.Random(seed + 2), 300)
-    tokenizer = _tokenizer(text + [f"{q} {a}" for q, a in pairs[:2000]], vocab_size=512)
+    text = demo_data.pretraining_text(rng, 40_000)
+    held_text = demo_data.pretraining_text(random.Random(seed + 1), 1_000)
+    pairs = demo_data.instruction_pairs(rng, 12_000)
+    held_pairs = demo_data.instruction_pairs(random.Random(seed + 2), 400, held_out=True)
+    tokenizer = _tokenizer(text[:12_000] + [f"{q} {a}" for q, a in pairs[:6000]], vocab_size=512)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -261,26 +253,39 @@ def build_demo_pair(
     ones = torch.ones_like(rows, dtype=torch.float32)
     held_rows = _pack(tokenizer, held_text, 64)
     held_ones = torch.ones_like(held_rows, dtype=torch.float32)
-    chat_rows, chat_mask = _chat_rows(tokenizer, pairs, 48)
-    held_chat, held_mask = _chat_rows(tokenizer, held_pairs, 48)
+    chat_rows, chat_mask = _chat_rows(tokenizer, pairs, CHAT_LENGTH)
+    held_chat, held_mask = _chat_rows(tokenizer, held_pairs, CHAT_LENGTH)
     report = {
         "seed": seed,
         "n_params": sum(p.numel() for p in model.parameters()),
+        "pretrain_steps": pretrain_steps,
+        "tune_steps": tune_steps,
+        "tune_text_fraction": text_fraction,
         "text_loss_init": _loss(model, held_rows, held_ones),
     }
-    _train(model, rows, ones, steps=pretrain_steps, lr=3e-3, batch=32, seed=seed, label="pt")
+    text_stream = _batches(rows, ones, 32, torch.Generator().manual_seed(seed))
+    _train(model, text_stream, steps=pretrain_steps, lr=3e-3, label="pt")
     report["pt"] = {
         "held_out_text_loss": _loss(model, held_rows, held_ones),
         "held_out_response_loss": _loss(model, held_chat, held_mask),
+        "behaviour_raw_prompt": behaviour_report(model, tokenizer, chat=False),
     }
     model.save_pretrained(out / "pt")
     tokenizer.save_pretrained(out / "pt")
+    chat_stream = _batches(chat_rows, chat_mask, 32, torch.Generator().manual_seed(seed + 3))
     _train(
-        model, chat_rows, chat_mask, steps=tune_steps, lr=1e-3, batch=32, seed=seed + 3, label="it"
+        model,
+        chat_stream,
+        steps=tune_steps,
+        lr=1e-3,
+        label="it",
+        text=text_stream,
+        text_fraction=text_fraction,
     )
     report["it"] = {
         "held_out_text_loss": _loss(model, held_rows, held_ones),
         "held_out_response_loss": _loss(model, held_chat, held_mask),
+        "behaviour_chat_prompt": behaviour_report(model, tokenizer, chat=True),
     }
     model.save_pretrained(out / "it")
     tokenizer.save_pretrained(out / "it")
