@@ -103,7 +103,7 @@ def score_records(
     records: Sequence[Mapping[str, Any]],
     prompts: Sequence[Prompt],
     references: Mapping[str, BehaviourPrompt],
-    scorers: Sequence[str],
+    scorers: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """The scores table: one row per (record, scorer), in record then scorer order.
@@ -116,13 +116,14 @@ def score_records(
         records: from :func:`arm_generations`.
         prompts: the prompts the records answer.
         references: behaviour prompts by id.
-        scorers: registered scorer names.
+        scorers: registered scorer names (default: every registered one).
         extra: ``{name: fn(generation) -> float | None}`` scored after ``scorers`` (a judge),
             with group ``"judge"``.
     """
     by_id = {p.id: p for p in prompts}
     check_references(prompts, references)
-    chosen = [(name, get_scorer(name).score, get_scorer(name).group) for name in scorers]
+    names = default_scorers() if scorers is None else scorers
+    chosen = [(name, get_scorer(name).score, get_scorer(name).group) for name in names]
     chosen += [(name, fn, "judge") for name, fn in (extra or {}).items()]
     rows = []
     for record in records:
