@@ -73,8 +73,10 @@ def load_prompts(source: str | Path | None = None) -> list[Prompt]:
     ``line-{n}``.
     """
     if source is None or str(source) in _NAMED:
-        name = _NAMED[str(source or "builtin")]
-        text = resources.files("hooklab.data").joinpath(*name.split("/")).read_text()
+        entry = resources.files("hooklab.data")
+        for name in _NAMED[str(source or "builtin")].split("/"):
+            entry = entry.joinpath(name)
+        text = entry.read_text()
         origin = str(source or "builtin")
     else:
         path = Path(source)

@@ -199,18 +199,18 @@ def gap_closed(
     for c in comparisons:
         if c.role != "B-A":
             continue
-        other = [x.minuend for x in comparisons if x.role == "C-B" and x.subtrahend == c.minuend]
-        if other:
-            designs.append((c.subtrahend, c.minuend, other[0]))
+        to = [x.minuend for x in comparisons if x.role == "C-B" and x.subtrahend == c.minuend]
+        if to:
+            designs.append((c.subtrahend, c.minuend, to[0]))
     rows = []
     for scorer in dict.fromkeys(str(s) for s in scores["scorer"]):
         wide = wide_scores(scores, scorer)
-        for a, b, c in designs:
-            values = wide[[a, b, c]].dropna().to_numpy(dtype=np.float64)
+        for a, b, other in designs:
+            values = wide[[a, b, other]].dropna().to_numpy(dtype=np.float64)
             row = _gap_row(values[:, 0], values[:, 1], values[:, 2], seed)
             note = ""
             if np.isnan(row["fraction"]):
                 note = "no gap: the CI of C - A includes 0" if row["n"] > 1 else "too few prompts"
-            rows.append({"scorer": scorer, "A": a, "B": b, "C": c, **row, "note": note})
+            rows.append({"scorer": scorer, "A": a, "B": b, "C": other, **row, "note": note})
     columns = ["scorer", "A", "B", "C", "gap", "gap_ci_low", "gap_ci_high", "fraction"]
     return pd.DataFrame(rows, columns=[*columns, "ci_low", "ci_high", "n", "note"])
