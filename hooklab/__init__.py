@@ -24,6 +24,10 @@ from hooklab.architectures import (
     spec_for_architecture,
     spec_for_model,
 )
+from hooklab.behaviour import load_behaviour_prompts
+from hooklab.behaviour.runner import arm_generations, score_records
+from hooklab.behaviour.stats import arm_means, design_comparisons, gap_closed, paired_differences
+from hooklab.behaviour.viewer import behaviour_figure, write_viewer
 from hooklab.catalog import PaperPair, paper_pair, paper_pairs
 from hooklab.compatibility import CompatibilityReport, check_compatibility
 from hooklab.errors import (
@@ -69,6 +73,15 @@ from hooklab.viz.tokens import token_view_html, write_token_view
 __version__ = "0.1.0"
 
 __all__ = [
+    "arm_generations",
+    "arm_means",
+    "behaviour_figure",
+    "design_comparisons",
+    "gap_closed",
+    "load_behaviour_prompts",
+    "paired_differences",
+    "score_records",
+    "write_viewer",
     "ExecutionSpec",
     "Experiment",
     "GraftConfig",

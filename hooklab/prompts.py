@@ -45,6 +45,14 @@ END_OF_TURN_TOKENS = (
 )
 
 
+#: Prompt sets shipped with hooklab, by name (files under ``data/``).
+_NAMED = {
+    "builtin": "prompts.jsonl",
+    "behaviour": "behaviour/all.jsonl",
+    "behaviour-tiny": "behaviour/tiny.jsonl",
+}
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One prompt: a stable id, the user's text, and an optional category."""
@@ -55,20 +63,28 @@ class Prompt:
 
 
 def load_prompts(source: str | Path | None = None) -> list[Prompt]:
-    """Prompts from a JSONL file (``id``, ``text`` or ``prompt``, optional ``category``).
+    """Prompts from a JSONL file (``id``, ``text`` or ``prompt``, optional ``category``; other
+    fields are ignored).
 
-    ``None`` or ``"builtin"`` gives hooklab's built-in set (``data/prompts.jsonl``). Lines
-    without an ``id`` get ``line-{n}``.
+    ``None`` or ``"builtin"`` gives hooklab's built-in set (``data/prompts.jsonl``);
+    ``"behaviour"`` and ``"behaviour-tiny"`` the behaviour sets (``data/behaviour/all.jsonl``
+    and ``tiny.jsonl``, whose ``expected`` / ``instructions`` fields
+    :func:`hooklab.behaviour.load_behaviour_prompts` reads). Lines without an ``id`` get
+    ``line-{n}``.
     """
-    if source is None or str(source) == "builtin":
-        text = resources.files("hooklab.data").joinpath("prompts.jsonl").read_text()
-        origin = "builtin"
+    if source is None or str(source) in _NAMED:
+        entry = resources.files("hooklab.data")
+        for name in _NAMED[str(source or "builtin")].split("/"):
+            entry = entry.joinpath(name)
+        text = entry.read_text()
+        origin = str(source or "builtin")
     else:
         path = Path(source)
         if not path.is_file():
             raise HooklabError(
                 f"prompts={str(source)!r}: no such file. Pass a JSONL file with one "
-                '{"id": ..., "text": ...} object per line, or "builtin".'
+                '{"id": ..., "text": ...} object per line, or one of "builtin", "behaviour", '
+                '"behaviour-tiny".'
             )
         text, origin = _read_utf8(path), str(path)
     prompts: list[Prompt] = []
