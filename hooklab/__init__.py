@@ -36,7 +36,12 @@ from hooklab.errors import (
     PairMismatchError,
     UnsupportedArchitectureError,
 )
-from hooklab.experiment import Experiment, experiments, get_experiment, register_experiment
+from hooklab.experiment import (
+    Experiment,
+    get_experiment,
+    register_experiment,
+    registered_experiments,
+)
 from hooklab.graft import (
     GraftConfig,
     graft_effects,
@@ -96,7 +101,7 @@ __all__ = [
     "convergence_figure",
     "convergence_gap",
     "depth_summary",
-    "experiments",
+    "registered_experiments",
     "get_experiment",
     "graft_effects",
     "graft_effects_figure",

@@ -404,10 +404,10 @@ def _run_experiment(spec: Any, options: dict[str, Any]) -> None:
 def _register_experiments() -> None:
     """One generated command per registered experiment (``hooklab readout``, ...)."""
     from hooklab.cli_config import experiment_command
-    from hooklab.experiment import experiments
+    from hooklab.experiment import registered_experiments
 
     present = {info.name for info in app.registered_commands}
-    for name, experiment in experiments().items():
+    for name, experiment in registered_experiments().items():
         if name not in present:
             app.command(name, help=experiment.summary)(
                 experiment_command(experiment, _run_experiment)

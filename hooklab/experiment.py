@@ -40,7 +40,7 @@ __all__ = [
     "register_experiment",
     "get_experiment",
     "experiment_for_config",
-    "experiments",
+    "registered_experiments",
 ]
 
 C = TypeVar("C", bound=Config)
@@ -159,13 +159,12 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    import hooklab.experiments as package
-
+    package = importlib.import_module("hooklab.experiments")
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")
 
 
-def experiments() -> dict[str, Experiment]:
+def registered_experiments() -> dict[str, Experiment]:
     """Every registered experiment, by name."""
     _discover()
     return dict(sorted(_REGISTRY.items()))
@@ -173,7 +172,7 @@ def experiments() -> dict[str, Experiment]:
 
 def get_experiment(name: str) -> Experiment:
     """The experiment registered as ``name``."""
-    known = experiments()
+    known = registered_experiments()
     if name not in known:
         raise HooklabError(f"experiment={name!r}: use one of {', '.join(known)}.")
     return known[name]
@@ -181,7 +180,7 @@ def get_experiment(name: str) -> Experiment:
 
 def experiment_for_config(config: Config) -> Experiment:
     """The experiment whose config type ``config`` is."""
-    for experiment in experiments().values():
+    for experiment in registered_experiments().values():
         if type(config) is experiment.config_type:
             return experiment
     raise HooklabError(f"{type(config).__name__} is the config of no registered experiment.")

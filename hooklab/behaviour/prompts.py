@@ -93,7 +93,7 @@ def load_behaviour_prompts(source: str | Path = "builtin") -> list[BehaviourProm
     """
     if str(source) in _BUILTIN:
         name = _BUILTIN[str(source)]
-        text = resources.files("hooklab.data").joinpath("behaviour", name).read_text()
+        text = resources.files("hooklab.data").joinpath("behaviour").joinpath(name).read_text()
         origin = f"{source} (data/behaviour/{name})"
     else:
         path = Path(source)

@@ -172,8 +172,10 @@ def arm_hooks(pair: Any, arm: Arm | str, *, seed: int = 0) -> tuple[Any, list[Ho
     if arm.intervention == "none":
         return host, []
     if arm.intervention == "graft":
+        assert arm.donor is not None
         return host, module_graft_hooks(host, models[arm.donor], arm.layers)
     if arm.intervention == "random":
+        assert arm.donor is not None
         return host, random_control_hooks(host, models[arm.donor], arm.layers, seed=seed)
     if arm.intervention == "skip":
         return host, skip_layer_hooks(host, arm.layers)

@@ -166,7 +166,7 @@ def _blocks(piece, shape: list[int], lead: tuple[int, ...]) -> Iterator[torch.Te
     step = max(1, CHUNK_ELEMENTS // max(row, 1))
     head = tuple(slice(i, i + 1) for i in lead)
     for start in range(0, rest[0], step):
-        yield piece[(*head, slice(start, min(start + step, rest[0])))]
+        yield piece[head + (slice(start, min(start + step, rest[0])),)]
 
 
 def _moments(pt_piece, it_piece, shape: list[int], lead: tuple[int, ...]) -> dict[str, float]:

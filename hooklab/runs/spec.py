@@ -294,9 +294,9 @@ class RunSpec:
 
 
 def _history_users() -> list[str]:
-    from hooklab.experiment import experiments
+    from hooklab.experiment import registered_experiments
 
-    return [name for name, e in experiments().items() if e.uses_histories]
+    return [name for name, e in registered_experiments().items() if e.uses_histories]
 
 
 def _check_lens(lens: Any) -> None:

@@ -125,7 +125,7 @@ def ridge_stats(
         for i in range(x.shape[1]):
             _add_x(acc, fold, i, x[rows, i], y[rows])
     layers = tuple(range(x.shape[1])) if layers is None else tuple(layers)
-    return RidgeStats(layers=layers, **acc)
+    return RidgeStats(layers=layers, **acc)  # type: ignore[arg-type]  # acc holds the sums
 
 
 def collect_ridge(

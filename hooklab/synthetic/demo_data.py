@@ -136,9 +136,9 @@ def _list(rng: random.Random) -> Pair:
     if template == 0:
         prompt = f"Give me a list of {count} {category}."
         return prompt, "\n".join(f"{i + 1}. {item}" for i, item in enumerate(items))
-    prompt = [f"List {count} {category}.", f"Write a list of {count} {category}."]
-    prompt.append(f"Name {count} {category}, one per line.")
-    return prompt[template - 1], "\n".join(f"- {item}" for item in items)
+    prompts = [f"List {count} {category}.", f"Write a list of {count} {category}."]
+    prompts.append(f"Name {count} {category}, one per line.")
+    return prompts[template - 1], "\n".join(f"- {item}" for item in items)
 
 
 def _harmful(rng: random.Random) -> Pair:

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -255,7 +256,7 @@ def build_demo_pair(
     held_ones = torch.ones_like(held_rows, dtype=torch.float32)
     chat_rows, chat_mask = _chat_rows(tokenizer, pairs, CHAT_LENGTH)
     held_chat, held_mask = _chat_rows(tokenizer, held_pairs, CHAT_LENGTH)
-    report = {
+    report: dict[str, Any] = {
         "seed": seed,
         "n_params": sum(p.numel() for p in model.parameters()),
         "pretrain_steps": pretrain_steps,
