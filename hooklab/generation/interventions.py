@@ -26,7 +26,7 @@ from hooklab.architectures import mlp_output
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn
 from hooklab.generation.decode import current_step
-from hooklab.graft.engine import graft_hooks, row_seed
+from hooklab.graft.engine import graft_hooks, position_seed
 
 __all__ = [
     "module_graft_hooks",
@@ -76,7 +76,7 @@ def position_directions(
         for column, position in enumerate(positions[row].tolist()):
             if position < 0:
                 continue
-            generator = torch.Generator().manual_seed(row_seed(seed, f"{key}\x00{position}", layer))
+            generator = torch.Generator().manual_seed(position_seed(seed, key, layer, position))
             direction = torch.randn(d_model, generator=generator, dtype=torch.float32)
             out[row, column] = direction / direction.norm().clamp_min(1e-30)
     return out
