@@ -27,41 +27,24 @@ Arms (:func:`parse_steer_arm`), all at the layers of ``layers``:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import pandas as pd
 import torch
 
 from hooklab.atomic import atomic_write_csv, atomic_write_text
 from hooklab.behaviour import SCORERS, Generation, load_behaviour_prompts, score_generation
-from hooklab.config import Config, split_list
 from hooklab.errors import HooklabError
 from hooklab.experiment import Experiment, PartInput, PlanEstimate, register_experiment
 from hooklab.experiments._html import csv_table, heading
 from hooklab.generation import generate
 from hooklab.graft.histories import check_histories, load_histories, make_histories, save_histories
-from hooklab.graft.windows import parse_windows
-from hooklab.prompts import chat_prompt_ids, load_prompts, raw_prompt_ids, stop_token_ids
-from hooklab.steering import (
-    Directions,
-    bootstrap_stability,
-    collect_paired,
-    cosine_table,
-    load_directions,
-    mean_direction,
-    random_control,
-    save_directions,
-    split_cosines,
-    steering_hooks,
-)
+from hooklab.prompts import chat_prompt_ids, raw_prompt_ids, stop_token_ids
+from hooklab.steering import steering_hooks
 from hooklab.steering.dose import (
     dose_response,
     measure_scores,
@@ -69,211 +52,21 @@ from hooklab.steering.dose import (
     slope_table,
     specificity,
 )
-from hooklab.steering.figures import direction_tokens
+from hooklab.steering.sweep import (
+    DIRECTIONS_DIR,
+    SteerArm,
+    SteerConfig,
+    behaviour_file,
+    pad_id,
+    parse_steer_arm,
+    prepare_directions,
+    window_layers,
+    write_direction_set,
+)
 
-__all__ = ["SteerConfig", "SteerArm", "SteerExperiment", "parse_steer_arm", "behaviour_file"]
+__all__ = ["SteerConfig", "SteerExperiment", "behaviour_file", "parse_steer_arm"]
 
-Source = Literal["mlp_out", "attn_out", "resid_post"]
-SOURCES = ("mlp_out", "attn_out", "resid_post")
-BASE_ARMS = ("it", "it-notmpl", "pt-inject", "it-random")
 LENS_MEASURE = "late_kl_to_final"
-DIRECTIONS_DIR = "directions"
-
-
-def behaviour_file(name: str) -> Path:
-    """The JSONL file of a built-in behaviour prompt set (``"tiny"`` or ``"builtin"``), to pass
-    as a run's prompts (``--prompts PATH``) so that the run answers that set."""
-    files = {"tiny": "tiny.jsonl", "builtin": "all.jsonl"}
-    if name not in files:
-        raise HooklabError(f"name={name!r}: expected 'tiny' or 'builtin'.")
-    return Path(str(resources.files("hooklab.data").joinpath("behaviour", files[name])))
-
-
-@dataclass(frozen=True)
-class SteerConfig(Config):
-    """What a steer run does (the ``[steer]`` TOML section too)."""
-
-    section: ClassVar[str] = "steer"
-
-    hook: Source = "mlp_out"
-    """Activation the main direction lives on and is steered at."""
-    layers: str = "late"
-    """One window of steered layers: late, mid, early, last25, all or a:b."""
-    alphas: str = "0,0.5,1,1.5,2"
-    """Comma-separated α grid (α = 1 is unsteered; pt-inject uses β = α − 1)."""
-    arms: tuple[str, ...] = BASE_ARMS
-    """Arms: it, it-notmpl, pt-inject, it-random, it@SOURCE."""
-    sources: tuple[Source, ...] = ("mlp_out",)
-    """Activations giving a direction each; every one other than hook adds arm it@SOURCE."""
-    calibration: int = 16
-    """Prompts whose shared histories the directions are computed from."""
-    calibration_prompts: str = "builtin"
-    """Prompt set of the calibration: 'builtin' or a JSONL file (its first N prompts)."""
-    directions: str | None = None
-    """A saved direction file (save_directions) to use as the hook direction."""
-    behaviour: str = "builtin"
-    """Behaviour set giving expected answers / instructions to prompts of the same id."""
-    max_new_tokens: int = 32
-    """Most tokens generated per prompt, arm and α."""
-    history_tokens: int = 16
-    """Response tokens of the calibration histories (and of the lens histories made here)."""
-    lens_metrics: bool = True
-    """Also read late-region kl_to_final on the shared history under each arm and α."""
-    batched_alphas: bool = True
-    """Generate the α grid of a prompt in one batch (per-row α); false: one α at a time."""
-    batch_size: int = 16
-    """Sequences per forward pass."""
-    seed: int = 0
-    """Seed of the random control and the bootstraps."""
-
-    def __post_init__(self) -> None:
-        _parse_alphas(self.alphas)
-        for name in ("calibration", "max_new_tokens", "history_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise HooklabError(f"steer.{name}={getattr(self, name)} must be at least 1.")
-        if not self.arms:
-            raise HooklabError("steer.arms is empty: name at least one arm, e.g. it,it-random.")
-        for arm in self.arms:
-            parse_steer_arm(arm, self.hook)
-
-    @property
-    def alpha_grid(self) -> tuple[float, ...]:
-        return _parse_alphas(self.alphas)
-
-    def all_arms(self) -> tuple[str, ...]:
-        """``arms`` plus ``it@SOURCE`` for every source other than ``hook``."""
-        extra = tuple(f"it@{s}" for s in self.sources if s != self.hook)
-        return self.arms + tuple(a for a in extra if a not in self.arms)
-
-
-def _parse_alphas(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in split_list(text))
-    except ValueError:
-        values = ()
-    if not values or len(set(values)) != len(values):
-        raise HooklabError(
-            f"steer.alphas={text!r}: expected distinct comma-separated numbers, e.g. "
-            "'0,0.5,1,1.5,2'."
-        )
-    return values
-
-
-@dataclass(frozen=True)
-class SteerArm:
-    """One arm: which model generates, prompted how, steered along which direction, how."""
-
-    name: str
-    model: Literal["pt", "it"]
-    source: str
-    control: bool = False
-    mode: Literal["project", "inject"] = "project"
-    prompting: Literal["template", "raw"] = "template"
-
-
-def parse_steer_arm(text: str, hook: str) -> SteerArm:
-    """The :class:`SteerArm` written ``text`` (see the module docstring)."""
-    if text == "it":
-        return SteerArm(text, "it", hook)
-    if text == "it-notmpl":
-        return SteerArm(text, "it", hook, prompting="raw")
-    if text == "pt-inject":
-        return SteerArm(text, "pt", hook, mode="inject")
-    if text == "it-random":
-        return SteerArm(text, "it", hook, control=True)
-    if text.startswith("it@") and text[3:] in SOURCES:
-        return SteerArm(text, "it", text[3:])
-    raise HooklabError(
-        f"steer.arms contains {text!r}: use {', '.join(BASE_ARMS)} or it@SOURCE with SOURCE "
-        f"one of {', '.join(SOURCES)}."
-    )
-
-
-# -- prepare: directions, control, stability ---------------------------------------------------
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return int(pad) if pad is not None else int(stop_token_ids(tokenizer)[0])
-
-
-def _window(config: SteerConfig, n_layers: int) -> tuple[int, ...]:
-    windows = parse_windows(config.layers, n_layers)
-    if len(windows) != 1:
-        raise HooklabError(f"steer.layers={config.layers!r}: give one window (e.g. late, 3:6).")
-    return windows[0].layers
-
-
-def _digest(sets: dict[str, Directions]) -> str:
-    sha = hashlib.sha256()
-    for name in sorted(sets):
-        d = sets[name]
-        sha.update(name.encode())
-        for tensor in (d.vectors, d.gain, d.mean_projection):
-            if tensor is not None:
-                sha.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return sha.hexdigest()[:16]
-
-
-def prepare_directions(pair: Any, config: SteerConfig) -> dict[str, Any]:
-    """The directions, control, stability tables and direction tokens of a run."""
-    layers = _window(config, pair.n_layers)
-    arms = [parse_steer_arm(a, config.hook) for a in config.all_arms()]
-    needed = sorted({a.source for a in arms} | {config.hook}, key=SOURCES.index)
-    prompts = load_prompts(config.calibration_prompts)[: config.calibration]
-    histories = make_histories(pair, prompts, max_new_tokens=config.history_tokens, progress=False)
-    sets: dict[str, Directions] = {}
-    tables: dict[str, pd.DataFrame] = {}
-    for source in needed:
-        if source == config.hook and config.directions is not None:
-            loaded = load_directions(config.directions, pair.it)
-            if loaded.hook != config.hook or any(x not in loaded.layers for x in layers):
-                raise HooklabError(
-                    f"steer.directions={config.directions!r} holds {loaded.hook} at layers "
-                    f"{list(loaded.layers)}; the run steers {config.hook} at {list(layers)}."
-                )
-            sets[source] = loaded
-            continue
-        sums = collect_paired(
-            pair, histories, hook=source, layers=layers, batch_size=config.batch_size
-        )
-        sets[source] = mean_direction(sums)
-        if source == config.hook:
-            ns = sorted({n for n in (1, 2, 4, 8, 16, 32, 64) if n < sums.n_prompts})
-            ns.append(sums.n_prompts)
-            tables["stability"] = bootstrap_stability(sums, ns, n_resamples=200, seed=config.seed)
-            if sums.n_prompts >= 2:
-                tables["split_cosines"] = split_cosines(sums, 2, seed=config.seed)
-    sets["random"] = random_control(
-        sets[config.hook],
-        pair.it,
-        histories,
-        seed=config.seed,
-        pad_id=_pad_id(pair.tokenizer),
-        batch_size=config.batch_size,
-    )
-    tables["source_cosines"] = cosine_table({s: sets[s] for s in needed})
-    tables["direction_tokens"] = direction_tokens(pair.it, sets[config.hook], pair.tokenizer, k=8)
-    return {"sets": sets, "tables": tables, "layers": layers, "digest": _digest(sets)}
-
-
-def _write_direction_set(context: dict[str, Any], out: Path, part_name: str) -> None:
-    """Write the context's directions once under ``OUT/directions/.sets/DIGEST`` (a folder
-    written beside and renamed into place, so parallel parts never see a half-written set)."""
-    root = out / DIRECTIONS_DIR / ".sets"
-    target = root / context["digest"]
-    if target.exists():
-        return
-    scratch = root / f".{context['digest']}.{part_name}.{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    for name, directions in context["sets"].items():
-        save_directions(directions, scratch / name)
-    for name, table in context["tables"].items():
-        atomic_write_csv(scratch / f"{name}.csv", table)
-    try:
-        os.rename(scratch, target)
-    except OSError:  # another part got there first, with the same content
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # -- run_part: generation, scoring, lens ---------------------------------------------------------
@@ -293,7 +86,7 @@ def _generate_arm(part: PartInput[SteerConfig], arm: SteerArm) -> dict[tuple[str
     encode = raw_prompt_ids if arm.prompting == "raw" else chat_prompt_ids
     ids = {p.id: encode(pair.tokenizer, p.text) for p in part.prompts}
     alphas = config.alpha_grid
-    stops, pad = stop_token_ids(pair.tokenizer), _pad_id(pair.tokenizer)
+    stops, pad = stop_token_ids(pair.tokenizer), pad_id(pair.tokenizer)
     out: dict[tuple[str, float], Any] = {}
     if config.batched_alphas and config.batch_size >= len(alphas):
         per_pass = config.batch_size // len(alphas)
@@ -354,7 +147,7 @@ def _lens_rows(part: PartInput[SteerConfig], arm: SteerArm, histories: Sequence[
         hooks = _hooks(part.context, arm, alpha, pair.n_layers)
         for start in range(0, len(histories), config.batch_size):
             batch = histories[start : start + config.batch_size]
-            tokens, mask, read, _ = pad_batch(batch, _pad_id(pair.tokenizer))
+            tokens, mask, read, _ = pad_batch(batch, pad_id(pair.tokenizer))
             kl = read_lens(
                 model, tokens, attention_mask=mask, read_mask=read, fwd_hooks=hooks
             ).metrics["kl_to_final"][:, :, late]  # [batch, pos, late]
@@ -431,7 +224,7 @@ class SteerExperiment(Experiment[SteerConfig]):
 
     def validate(self, config: SteerConfig, n_layers: int) -> None:
         try:
-            _window(config, n_layers)
+            window_layers(config, n_layers)
         except HooklabError as error:
             raise HooklabError(f"steer.layers: {error}") from None
 
@@ -465,7 +258,7 @@ class SteerExperiment(Experiment[SteerConfig]):
         }
 
     def run_part(self, part: PartInput[SteerConfig]) -> pd.DataFrame:
-        _write_direction_set(part.context, part.out, part.part_name)
+        write_direction_set(part.context, part.out, part.part_name)
         config = part.config
         histories = _part_histories(part) if config.lens_metrics else []
         rows, records = [], []
