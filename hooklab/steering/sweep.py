@@ -65,7 +65,7 @@ def behaviour_file(name: str) -> Path:
     files = {"tiny": "tiny.jsonl", "builtin": "all.jsonl"}
     if name not in files:
         raise HooklabError(f"name={name!r}: expected 'tiny' or 'builtin'.")
-    return Path(str(resources.files("hooklab.data").joinpath("behaviour", files[name])))
+    return Path(str(resources.files("hooklab.data") / "behaviour" / files[name]))
 
 
 @dataclass(frozen=True)

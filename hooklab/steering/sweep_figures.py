@@ -120,7 +120,7 @@ def steer_figures(run_dir: Path, figures_dir: Path) -> list[Path]:
         directions = load_directions(folder / hook)
         matrix = cosine_matrix_figure(
             layer_cosine_matrix(directions),
-            list(directions.layers),
+            [str(x) for x in directions.layers],
             title=f"cosines of the IT−PT {hook} direction across steered layers",
         )
         written.append(save_html(matrix, figures_dir / "direction_cosines.html"))
