@@ -163,8 +163,9 @@ def specificity(
 
     Only prompts with a slope in both arms count; each bootstrap resample draws prompts with
     replacement and uses the same draw for both arms. A resample whose control mean is 0 gives
-    an infinite ratio; the interval is the percentile interval of the resampled ratios (NaN
-    ones dropped), so it can be unbounded when the control slope is near zero.
+    an infinite ratio; the interval is the percentile interval (empirical quantiles, no
+    interpolation) of the resampled ratios (NaN ones, 0/0, dropped), so it can be unbounded
+    when the control slope is near zero.
 
     Returns rows ``measure, true_arm, control_arm, ratio, ci_low, ci_high, true_slope,
     control_slope, n_prompts``.
@@ -190,7 +191,8 @@ def specificity(
                 ratios = ratios[~np.isnan(ratios)]
                 if ratios.size:
                     tail = (1 - level) / 2
-                    low, high = (float(q) for q in np.quantile(ratios, [tail, 1 - tail]))
+                    quantiles = np.quantile(ratios, [tail, 1 - tail], method="inverted_cdf")
+                    low, high = (float(q) for q in quantiles)  # no interpolation: ±inf kept
         rows.append(
             {
                 "measure": measure,
