@@ -125,6 +125,12 @@ def read_summary(run_dir: Path, condition: str) -> OppositionSummary:
     return OppositionSummary(layers.reset_index(drop=True), late.reset_index(drop=True), late_set)
 
 
+def _leading(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with ``columns`` first and a fresh index."""
+    rest = [c for c in frame.columns if c not in columns]
+    return frame[columns + rest].reset_index(drop=True)
+
+
 class OppositionExperiment(Experiment[OppositionConfig]):
     name = "opposition"
     config_type = OppositionConfig
@@ -167,18 +173,10 @@ class OppositionExperiment(Experiment[OppositionConfig]):
             summary = summary_of(frame, condition, config)
             layers.append(summary.per_layer.assign(condition=condition))
             late.append(summary.late.assign(condition=condition))
-        first = ["condition", "component"]
-        layers_frame = pd.concat(layers, ignore_index=True)
-        late_frame = pd.concat(late, ignore_index=True)
-        layers_frame = layers_frame[
-            ["condition", "model", "component", "layer", "depth"]
-            + [
-                c
-                for c in layers_frame.columns
-                if c not in {"condition", "model", "component", "layer", "depth"}
-            ]
-        ]
-        late_frame = late_frame[first + [c for c in late_frame.columns if c not in first]]
+        layers_frame = _leading(
+            pd.concat(layers), ["condition", "model", "component", "layer", "depth"]
+        )
+        late_frame = _leading(pd.concat(late), ["condition", "component"])
         return [
             atomic_write_csv(out / LAYERS_CSV, layers_frame),
             atomic_write_csv(out / LATE_CSV, late_frame),
