@@ -138,7 +138,11 @@ def test_a_pair_with_itself_has_no_token_support_or_patching_effect(tmp_path):
     table = pd.read_parquet(_run(tmp_path, "patching", config, _self_pair()))
     assert set(table["component"]) == {"attn_out", "mlp_out", "resid_post"}
     assert set(table["direction"]) == {"it-to-pt", "pt-to-it"}
-    assert (table[["delta_late_kl", "delta_teacher_logprob"]] == 0).all().all()
+    assert (table["delta_teacher_logprob"] == 0).all()
+    # The late-region KL of a patched stream and of the host's own are read in different
+    # chunk shapes (hooklab.stream.read_variants), so float32 rounding may differ: seen up to
+    # 3e-7 nats on a one-prompt batch, 0 exactly on a three-prompt one.
+    assert (table["delta_late_kl"].abs() <= 1e-6).all()
 
 
 def test_a_pair_with_itself_has_no_weight_change(tmp_path):
@@ -155,7 +159,8 @@ def test_weight_change_is_read_once_whatever_the_parts(tmp_path):
     three = pd.read_parquet(
         _run(tmp_path / "b", "weight-change", WeightChangeConfig(), limit=3, part_size=1)
     )
-    pd.testing.assert_frame_equal(one, three)
+    text = {"tensor": str, "group": str, "module": str}  # categorical after a merge of parts
+    pd.testing.assert_frame_equal(one.astype(text), three.astype(text))
 
 
 def test_dash_named_experiments_run_from_the_command_line(tmp_path, capsys):
