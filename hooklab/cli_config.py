@@ -53,11 +53,17 @@ def _help(cls: type[Config], name: str, tp: Any) -> str:
     return text
 
 
+def _prefix(cls: type[Config]) -> str:
+    """Prefix of ``cls``'s parameter names: ``SECTION__`` (a dash in a section such as
+    ``attention-entropy`` becomes ``_``: parameter names are Python identifiers)."""
+    return f"{cls.section.replace('-', '_')}__"
+
+
 def config_parameters(
     cls: type[Config], *, exclude: tuple[str, ...] = ()
 ) -> list[inspect.Parameter]:
     """One typer option per field of ``cls`` (help = the field's docstring), as parameters
-    named ``SECTION__FIELD``."""
+    named ``SECTION__FIELD`` (see :func:`_prefix`)."""
     types_ = cls.field_types()
     parameters = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -79,7 +85,7 @@ def config_parameters(
         annotation = Annotated[option_type, typer.Option(*names, help=_help(cls, f.name, tp))]  # type: ignore[valid-type]
         parameters.append(
             inspect.Parameter(
-                f"{cls.section}__{f.name}",
+                f"{_prefix(cls)}{f.name}",
                 inspect.Parameter.KEYWORD_ONLY,
                 default=default,
                 annotation=annotation,
@@ -90,7 +96,7 @@ def config_parameters(
 
 def options_to_dict(cls: type[Config], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The CLI values of ``cls``'s options as a raw dict for :meth:`Config.from_dict`."""
-    prefix = f"{cls.section}__"
+    prefix = _prefix(cls)
     return {k[len(prefix) :]: v for k, v in kwargs.items() if k.startswith(prefix)}
 
 

@@ -33,7 +33,7 @@ from hooklab.architectures import model_device, read_logits
 from hooklab.conditions import pad_batch
 from hooklab.errors import HooklabError
 from hooklab.forward import residual_stream, resume_residual_stream
-from hooklab.graft.engine import DIRECTIONS, graft_hooks
+from hooklab.graft.engine import DIRECTIONS, graft_hooks, module_change_norms
 from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.mechanism.token_classes import CLASS_NAMES, DYNAMIC_CLASSES, classify_vocabulary
@@ -179,7 +179,12 @@ def token_support(
         )
         keys = [h.prompt_id for h in batch]
         base = residual_stream(host, tokens, attention_mask=mask, keep_block_inputs=True)
-        hooks_ = graft_hooks(host, donor, window.layers, mode, row_keys=keys, seed=seed)
+        norms = None
+        if mode == "random":  # scaled to the module graft's change, from its own pass
+            norms = module_change_norms(host, donor, tokens, window.layers, attention_mask=mask)
+        hooks_ = graft_hooks(
+            host, donor, window.layers, mode, module_norms=norms, row_keys=keys, seed=seed
+        )
         grafted = resume_residual_stream(host, base, window.start, fwd_hooks=hooks_)
         rows = read.nonzero()[:, 0]
         streams = (base.resid_post[:, read], grafted.resid_post[:, read])  # [layer, n, d_model]
