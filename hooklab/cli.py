@@ -399,12 +399,16 @@ StudyOut = Annotated[Path | None, typer.Option(help="Override the study's out fo
 
 
 @study_app.command("run")
-def study_run(spec: StudyOption, out: StudyOut = None) -> None:
+def study_run(
+    spec: StudyOption,
+    out: StudyOut = None,
+    pair_reports: Annotated[bool, typer.Option(help="Also write each pair's report.")] = True,
+) -> None:
     """Run (or resume) every pair x experiment, then tables, figures, claims and report."""
     from hooklab.study import load_study, run_study
 
     study = load_study(spec, out=None if out is None else str(out))
-    for run in run_study(study, study_file=spec):
+    for run in run_study(study, study_file=spec, pair_reports=pair_reports):
         typer.echo(f"{run.label:<18} {run.experiment:<10} {'kept' if run.skipped else 'ran'}")
     typer.echo(f"claims: {study.out_dir / 'claims.csv'}\nreport: {study.out_dir / 'report.html'}")
 

@@ -88,9 +88,11 @@ def run_study(
     pairs: list[str] | None = None,
     progress: bool = True,
     outputs: bool = True,
+    pair_reports: bool = True,
 ) -> list[StudyRun]:
     """Validate the whole study, run every unfinished (pair, experiment), then write the
-    cross-pair tables, figures, claims and report (``outputs``).
+    cross-pair tables, figures, claims and report (``outputs``; ``pair_reports``: also each
+    pair's own report of its runs, figures included).
 
     ``study_file`` (the TOML the study came from) is needed by the Ray executor: each worker
     reads it. ``pairs`` restricts the run to those labels (the outputs cover the finished ones).
@@ -132,5 +134,5 @@ def run_study(
     if outputs:
         from hooklab.study.report import write_study_outputs
 
-        write_study_outputs(study)
+        write_study_outputs(study, pair_reports=pair_reports)
     return runs
