@@ -56,8 +56,9 @@ def paired_difference(
     prompts: pd.DataFrame, a: dict[str, str], b: dict[str, str], *, seed: int = 0
 ) -> tuple[float, float, float, int, int]:
     """Mean over prompts of (value of ``a`` - value of ``b``), paired by prompt, with its 95%
-    bootstrap CI; ``a`` / ``b`` select rows of ``prompts`` (column -> value). Returns
-    ``(mean, low, high, n_prompts, n_tokens)`` (tokens of the paired prompts, counted once)."""
+    bootstrap CI (prompts in id order, whatever the rows' order); ``a`` / ``b`` select rows
+    of ``prompts`` (column -> value). Returns ``(mean, low, high, n_prompts, n_tokens)``
+    (tokens of the paired prompts, counted once)."""
 
     def pick(selector: dict[str, str]) -> pd.DataFrame:
         rows = prompts
@@ -67,6 +68,7 @@ def paired_difference(
 
     left, right = pick(a), pick(b)
     joined = left[["value", "n_tokens"]].join(right[["value"]], rsuffix="_b", how="inner")
+    joined = joined.sort_index()  # the bootstrap resamples by position: prompt order, fixed
     ci = bootstrap_mean_ci((joined["value"] - joined["value_b"]).to_numpy(), seed=seed)
     return ci.mean, ci.low, ci.high, ci.n, int(joined["n_tokens"].sum())
 
@@ -141,7 +143,7 @@ def _effect_claims(pair: str, prompts: pd.DataFrame | None, seed: int) -> list[C
             (rows["direction"] == direction)
             & (rows["mode"] == "module")
             & (rows["window"] == "late")
-        ]
+        ].sort_values("prompt_id")  # as graft_effects orders them: the same resamples
         ci = bootstrap_mean_ci(selected["value"].to_numpy(), seed=seed)
         values = (ci.mean, ci.low, ci.high, ci.n, int(selected["n_tokens"].sum()))
         out.append(_claim(pair, name, statement, values, sign, paper=paper))
