@@ -121,15 +121,15 @@ def _effect_claims(pair: str, prompts: pd.DataFrame | None, seed: int) -> list[C
         "graft_late": ("the late it-to-pt graft raises late KL", "it-to-pt", +1, "+0.34 nats"),
         "swap_late": ("the late pt-to-it swap lowers late KL", "pt-to-it", -1, "-0.51 nats"),
     }
-    rows = None if prompts is None else prompts[prompts["pair"] == pair]
-    if rows is not None:  # dense MLP grafts, or the first MoE part the run grafted
-        parts = list(dict.fromkeys(rows["part"]))
-        rows = rows[rows["part"] == ("mlp" if "mlp" in parts else parts[0])] if parts else None
+    columns = ["pair", "direction", "mode", "part", "window", "prompt_id", "value", "n_tokens"]
+    rows = pd.DataFrame(columns=columns) if prompts is None else prompts
+    rows = rows[rows["pair"] == pair]
+    parts = list(dict.fromkeys(rows["part"]))
+    if parts:  # dense MLP grafts, or the first MoE part the run grafted
+        rows = rows[rows["part"] == ("mlp" if "mlp" in parts else parts[0])]
     out = []
 
     def have(direction: str, mode: str, window: str) -> bool:
-        if rows is None:
-            return False
         selected = rows[
             (rows["direction"] == direction) & (rows["mode"] == mode) & (rows["window"] == window)
         ]

@@ -233,11 +233,12 @@ def _pair(raw: Any, index: int, base: Path) -> StudyPair:
         raise HooklabError(
             f"{where}: a pair given by pt / it folders or ids needs label = '...' (its folder)."
         )
+
     # folders relative to the study file, as in run specs
-    for side in ("pt", "it"):
-        value = getattr(spec, side)
-        if value and (base / value).exists():
-            spec = replace(spec, **{side: str((base / value).resolve())})
+    def local(value: str | None) -> str | None:
+        return str((base / value).resolve()) if value and (base / value).exists() else value
+
+    spec = replace(spec, pt=local(spec.pt), it=local(spec.it))
     return StudyPair(pair=spec, label=label, overrides=dict(overrides))
 
 
