@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import hooklab.viz.report
 from hooklab.graft.histories import load_histories
 from hooklab.study import load_study, run_study
 from hooklab.synthetic import write_tiny_pair
@@ -67,7 +68,10 @@ def study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
     path = write_study(folder, folder / "pairs")
     spec = load_study(path)
-    runs = run_study(spec, study_file=path, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        # the pair reports' PNGs are hooklab report's (tested there); the study's are made
+        patch.setattr(hooklab.viz.report, "find_browser", lambda: None)
+        runs = run_study(spec, study_file=path, progress=False)
     return path, spec, runs
 
 
@@ -240,3 +244,34 @@ def test_killed_and_resumed_study_gives_identical_tables(study, tmp_path):
         pd.testing.assert_frame_equal(
             pd.read_parquet(mine / table), pd.read_parquet(theirs / table)
         )
+
+
+def test_ray_executor_runs_one_task_per_pair_with_the_local_tables(study, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'hooklab[ray]'")
+    _, reference, _ = study
+    path = tmp_path / "ray.toml"
+    path.write_text(
+        '[study]\nname = "ray"\nout = "out"\nseed = 1\n'
+        + "".join(f'[[study.pairs]]\nname = "tiny"\ndevice = "cpu"\nlabel = "{x}"\n' for x in "ab")
+        + '[study.experiments.readout]\nconditions = ["native", "same_history"]\n'
+        "max_new_tokens = 3\n[study.prompts]\nlimit = 3\n"
+        '[study.execution]\npart_size = 1\nexecutor = "ray"\nnum_gpus = 0\n'
+    )
+    spec = load_study(path)
+    try:
+        runs = run_study(spec, study_file=path, progress=False, pair_reports=False)
+    finally:
+        ray.shutdown()
+    assert [(r.label, r.experiment) for r in runs] == [("a", "readout"), ("b", "readout")]
+    expected = pd.read_parquet(reference.run_dir("tiny", "readout") / "readout.parquet")
+    floats = [c for c in expected.columns if expected[c].dtype.kind == "f"]
+    for label in "ab":
+        table = pd.read_parquet(spec.run_dir(label, "readout") / "readout.parquet")
+        # the same sequences and tokens exactly; metrics to float32 noise (a Ray worker runs
+        # torch on one thread, which sums in another order)
+        others = [c for c in expected.columns if c not in floats]
+        pd.testing.assert_frame_equal(table[others], expected[others])
+        pd.testing.assert_frame_equal(
+            table[floats], expected[floats], check_exact=False, rtol=1e-4, atol=1e-5
+        )
+    assert (spec.out_dir / "claims.csv").is_file()
