@@ -95,9 +95,8 @@ def figure_grafts(effects: pd.DataFrame, metric: str = "kl_to_final") -> go.Figu
     )
     pairs = list(dict.fromkeys(rows["pair"]))
     titles = [_plain(p) for p in pairs]
-    figure = make_subplots(
-        rows=1, cols=max(len(pairs), 1), shared_yaxes=True, subplot_titles=titles
-    )
+    # each pair on its own scale: effects differ by orders of magnitude between models
+    figure = make_subplots(rows=1, cols=max(len(pairs), 1), subplot_titles=titles)
     for column, pair in enumerate(pairs, start=1):
         mine = rows[rows["pair"] == pair]
         for (mode, part), bars in mine.groupby(["mode", "part"], sort=False):
@@ -127,8 +126,7 @@ def figure_grafts(effects: pd.DataFrame, metric: str = "kl_to_final") -> go.Figu
     figure.update_layout(
         barmode="group",
         template="plotly_white",
-        title="Figure 2: graft effects (grafted - host) by window and direction, random control "
-        "beside each (mean, 95% CI over prompts)",
+        title="Figure 2: graft effects (grafted - host), random control beside each (95% CI)",
     )
     return figure
 
