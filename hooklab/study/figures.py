@@ -90,8 +90,10 @@ def figure_convergence(
 def figure_grafts(effects: pd.DataFrame, metric: str = "kl_to_final") -> go.Figure:
     """Figure 2 from the stacked ``effects`` table: one panel per pair; x = window and
     direction, one bar per mode (the random control beside the true graft), 95% CIs."""
-    rows = effects[effects["metric"] == metric].sort_values(
-        ["pair", "direction", "window_start"], kind="stable"
+    order = {pair: i for i, pair in enumerate(dict.fromkeys(effects["pair"]))}  # study order
+    rows = effects[effects["metric"] == metric]
+    rows = rows.assign(order=rows["pair"].map(order)).sort_values(
+        ["order", "direction", "window_start"], kind="stable"
     )
     pairs = list(dict.fromkeys(rows["pair"]))
     titles = [_plain(p) for p in pairs]
