@@ -392,6 +392,51 @@ def families() -> None:
         )
 
 
+study_app = typer.Typer(help="Several experiments on several pairs as one study (the paper).")
+app.add_typer(study_app, name="study")
+StudyOption = Annotated[Path, typer.Argument(help="Study spec (TOML with a [study] table).")]
+StudyOut = Annotated[Path | None, typer.Option(help="Override the study's out folder.")]
+
+
+@study_app.command("run")
+def study_run(
+    spec: StudyOption,
+    out: StudyOut = None,
+    pair_reports: Annotated[bool, typer.Option(help="Also write each pair's report.")] = True,
+) -> None:
+    """Run (or resume) every pair x experiment, then tables, figures, claims and report."""
+    from hooklab.study import load_study, run_study
+
+    study = load_study(spec, out=None if out is None else str(out))
+    for run in run_study(study, study_file=spec, pair_reports=pair_reports):
+        typer.echo(f"{run.label:<18} {run.experiment:<10} {'kept' if run.skipped else 'ran'}")
+    typer.echo(f"claims: {study.out_dir / 'claims.csv'}\nreport: {study.out_dir / 'report.html'}")
+
+
+@study_app.command("plan")
+def study_plan(
+    spec: StudyOption,
+    n_prompts: Annotated[
+        int | None, typer.Option(help="Price this many prompts instead of the prompt set's.")
+    ] = None,
+) -> None:
+    """Print each run's forward passes, tokens, rows, disk, GPU memory and GPU-hours."""
+    from hooklab.study import CostModel, format_plan, load_study, plan_study
+
+    study = load_study(spec)
+    cost = CostModel.from_dict(study.cost)
+    typer.echo(format_plan(plan_study(study, n_prompts=n_prompts, cost=cost), cost))
+
+
+@study_app.command("report")
+def study_report(spec: StudyOption, out: StudyOut = None) -> None:
+    """Rewrite the study's tables, figures, claims and report from its finished runs."""
+    from hooklab.study import load_study, write_study_outputs
+
+    study = load_study(spec, out=None if out is None else str(out))
+    typer.echo(f"wrote {write_study_outputs(study)}")
+
+
 def _run_experiment(spec: Any, options: dict[str, Any]) -> None:
     path = _execute(
         spec, shard=options["shard"], dry_run=options["dry_run"], write_spec=options["write_spec"]

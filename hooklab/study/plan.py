@@ -1,0 +1,216 @@
+"""``hooklab study plan``: what a study will cost, before any weights load.
+
+Per pair and experiment: forward passes, rows and disk come from the experiment's own
+:meth:`~hooklab.experiment.Experiment.plan`; tokens, GPU memory and GPU-hours from a stated
+cost model (:class:`CostModel`, the ``[study.cost]`` table):
+
+* tokens = forward passes x (``prompt_tokens`` + the config's ``max_new_tokens``): every pass
+  is counted as a full sequence (an upper bound where generation reuses a KV cache);
+* FLOPs = 2 x active parameters x tokens (the usual forward-pass estimate; attention's
+  sequence-length term is left out; for a mixture of experts only the routed experts a token
+  uses count) + the lens readout, 2 x d_model x d_vocab per layer and read position, with
+  forward passes x ``max_new_tokens`` read positions (an upper bound: generation steps are
+  not read);
+* GPU-hours = FLOPs / (``peak_tflops`` x 1e12 x ``utilisation``) / 3600;
+* GPU memory = weights (parameters x dtype bytes, both sides unless one is offloaded) +
+  activations: the residual stream of every layer in float32 for the batch (both sides),
+  one float32 ``[batch, seq, d_vocab]`` logits tensor, and 256 MiB of lens chunk buffers.
+
+Parameter counts come from ``paper_pairs.json`` for the paper pairs (no hub access), and for
+folders from their config, instantiated on PyTorch's ``meta`` device (no weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from hooklab.config import Config
+from hooklab.errors import HooklabError
+from hooklab.study.spec import StudyPair, StudySpec
+
+__all__ = ["CostModel", "PairSize", "PlanRow", "pair_size", "plan_study", "format_plan"]
+
+_GIB = 2**30
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class CostModel(Config):
+    """``[study.cost]``: the assumptions of the GPU-time and memory estimates."""
+
+    section: ClassVar[str] = "study.cost"
+
+    peak_tflops: float = 989.0
+    """Peak dense bf16 TFLOP/s of one GPU (989: NVIDIA H100 SXM)."""
+    utilisation: float = 0.4
+    """Fraction of the peak sustained (0.4 = 40%)."""
+    prompt_tokens: int = 64
+    """Assumed tokens of a (chat-templated) prompt."""
+
+    def __post_init__(self) -> None:
+        if self.peak_tflops <= 0 or not 0 < self.utilisation <= 1 or self.prompt_tokens < 1:
+            raise HooklabError(
+                "study.cost: peak_tflops must be > 0, utilisation in (0, 1], prompt_tokens >= 1."
+            )
+
+    def describe(self) -> str:
+        return (
+            f"cost model: FLOPs = 2 x active params x tokens per forward pass + lens readout "
+            f"2 x d_model x d_vocab x layers x (passes x max_new_tokens); tokens per pass "
+            f"= {self.prompt_tokens} prompt tokens + max_new_tokens; GPU-hours = FLOPs / "
+            f"({self.peak_tflops:g} TFLOP/s peak x {self.utilisation:.0%} sustained); memory = "
+            "weights x dtype bytes + float32 residual stream of every layer + one float32 logits "
+            "tensor + 256 MiB lens buffers (per batch)."
+        )
+
+
+@dataclass(frozen=True)
+class PairSize:
+    """What the plan knows of a pair's model (one side)."""
+
+    n_params: int
+    n_active_params: int
+    n_layers: int
+    d_model: int
+    d_vocab: int
+    source: str
+    """'catalog' or 'config'."""
+
+
+def _active(n_params: int, shape: dict[str, Any]) -> int:
+    """Parameters a token uses: for routed experts only ``num_experts_per_tok`` of them."""
+    routed, used = shape.get("n_routed_experts"), shape.get("num_experts_per_tok")
+    width = shape.get("moe_intermediate_size")
+    if not (routed and used and width):
+        return n_params
+    moe_layers = int(shape["num_hidden_layers"]) - int(shape.get("first_k_dense_replace", 0))
+    per_expert = 3 * int(shape["hidden_size"]) * int(width)  # gate, up and down projections
+    return n_params - (int(routed) - int(used)) * per_expert * moe_layers
+
+
+def pair_size(pair: StudyPair) -> PairSize:
+    """Parameter count and shape of ``pair``'s models, without weights."""
+    from hooklab.catalog import paper_pairs
+
+    name = (pair.pair.name or "").strip().lower()
+    if name in paper_pairs():
+        entry = paper_pairs()[name]
+        shape = entry.shape
+        n = entry.n_params_language_model
+        source = "catalog"
+    else:
+        import transformers
+
+        from hooklab.architectures import hf_text_config
+        from hooklab.pair import check_pair
+
+        kwargs = {**pair.pair._kwargs(), "device": None}  # a plan may be made off the GPU
+        config = hf_text_config(check_pair(**kwargs).pt_config)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        n = sum(p.numel() for p in model.parameters())
+        shape = config.to_dict()
+        source = "config"
+    return PairSize(
+        n_params=int(n),
+        n_active_params=int(_active(int(n), shape)),
+        n_layers=int(shape["num_hidden_layers"]),
+        d_model=int(shape["hidden_size"]),
+        d_vocab=int(shape["vocab_size"]),
+        source=source,
+    )
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """The estimate of one (pair, experiment) run."""
+
+    pair: str
+    experiment: str
+    n_prompts: int
+    n_layers: int
+    forward_passes: int
+    tokens: int
+    rows: int
+    disk_mb: float
+    weights_gib: float
+    activations_gib: float
+    gpu_hours: float
+
+    @property
+    def gpu_memory_gib(self) -> float:
+        return self.weights_gib + self.activations_gib
+
+
+def plan_study(
+    study: StudySpec, *, n_prompts: int | None = None, cost: CostModel | None = None
+) -> list[PlanRow]:
+    """Every run's estimate (validates the study; loads no weights). ``n_prompts`` replaces
+    the prompt set's size (e.g. to price a larger set)."""
+    study.validate(check_devices=False)
+    cost = cost or CostModel.from_dict(study.cost, section="study.cost")
+    count = len(study.prompts.load()) if n_prompts is None else n_prompts
+    rows = []
+    for pair in study.pairs:
+        size = pair_size(pair)
+        dtype_bytes = _DTYPE_BYTES[pair.pair.dtype]
+        sides = 1 if pair.pair.offload else 2
+        for experiment in study.experiments:
+            spec = study.run_spec(pair, experiment, histories=False)
+            config = spec.experiment_config()
+            estimate = spec.kind.plan(config, count, size.n_layers)
+            seq = cost.prompt_tokens + int(getattr(config, "max_new_tokens", 0))
+            tokens = estimate.forward_passes * seq
+            new = int(getattr(config, "max_new_tokens", 0))
+            lens = 2 * size.d_model * size.d_vocab * size.n_layers * estimate.forward_passes * new
+            flops = 2 * size.n_active_params * tokens + lens
+            batch = int(getattr(config, "batch_size", 1))
+            activations = (
+                sides * batch * seq * (size.n_layers + 1) * size.d_model * 4
+                + batch * seq * size.d_vocab * 4
+                + 256 * 2**20
+            )
+            rows.append(
+                PlanRow(
+                    pair=pair.label,
+                    experiment=experiment,
+                    n_prompts=count,
+                    n_layers=size.n_layers,
+                    forward_passes=estimate.forward_passes,
+                    tokens=tokens,
+                    rows=estimate.rows,
+                    disk_mb=estimate.megabytes,
+                    weights_gib=sides * size.n_params * dtype_bytes / _GIB,
+                    activations_gib=activations / _GIB,
+                    gpu_hours=flops / (cost.peak_tflops * 1e12 * cost.utilisation) / 3600,
+                )
+            )
+    return rows
+
+
+def format_plan(rows: list[PlanRow], cost: CostModel) -> str:
+    """The plan as a text table with totals, and the cost model's assumptions."""
+    header = (
+        f"{'pair':<18} {'experiment':<10} {'prompts':>7} {'layers':>6} {'fwd passes':>11} "
+        f"{'tokens':>13} {'rows':>13} {'disk MB':>9} {'GPU mem GiB':>11} {'GPU-h':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.pair:<18} {r.experiment:<10} {r.n_prompts:>7} {r.n_layers:>6} "
+            f"{r.forward_passes:>11,} {r.tokens:>13,} {r.rows:>13,} {r.disk_mb:>9.1f} "
+            f"{r.gpu_memory_gib:>11.1f} {r.gpu_hours:>8.2f}"
+        )
+    lines.append("-" * len(header))
+    memory = max((r.gpu_memory_gib for r in rows), default=0.0)
+    lines.append(
+        f"{'total':<18} {'':<10} {'':>7} {'':>6} {sum(r.forward_passes for r in rows):>11,} "
+        f"{sum(r.tokens for r in rows):>13,} {sum(r.rows for r in rows):>13,} "
+        f"{sum(r.disk_mb for r in rows):>9.1f} {memory:>11.1f} "
+        f"{sum(r.gpu_hours for r in rows):>8.2f}"
+    )
+    lines += ["", cost.describe(), "GPU mem total: the largest run (weights + activations)."]
+    return "\n".join(lines)
