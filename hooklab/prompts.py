@@ -154,6 +154,16 @@ def chat_prompt_ids(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The ids that end an assistant turn: the chat template's end-of-turn markers, or EOS for
+    a vocabulary that has none (a plain document end is not an end of turn when there is one)."""
+    vocab = tokenizer.get_vocab()
+    ids = sorted({vocab[token] for token in END_OF_TURN_TOKENS if token in vocab})
+    if not ids and tokenizer.eos_token_id is not None:
+        ids = [int(tokenizer.eos_token_id)]
+    return ids
+
+
 def stop_token_ids(tokenizer: Any) -> list[int]:
     """EOS plus whichever end-of-turn markers the vocabulary has."""
     vocab = tokenizer.get_vocab()

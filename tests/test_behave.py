@@ -252,3 +252,15 @@ def test_end_to_end_run_writes_table_generations_summaries_figure_viewer(tmp_pat
     assert any(line.startswith("end of turn: pt ") for line in lines)
     assert run_spec(spec, progress=False) == table_path  # resume: nothing left to do
     pd.testing.assert_frame_equal(pd.read_parquet(table_path), table)
+
+
+def test_end_of_turn_is_the_turn_marker_not_a_document_end():
+    # PT ends a line of text with EOS; only the chat template's end-of-turn marker ends a turn
+    from hooklab.prompts import end_of_turn_ids, stop_token_ids
+    from hooklab.synthetic.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(512)
+    turn = end_of_turn_ids(tokenizer)
+    assert turn == [tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    assert tokenizer.eos_token_id in stop_token_ids(tokenizer)
+    assert tokenizer.eos_token_id not in turn

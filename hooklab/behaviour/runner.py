@@ -24,7 +24,7 @@ from hooklab.behaviour.prompts import BehaviourPrompt
 from hooklab.behaviour.scorers import SCORERS, Generation, get_scorer
 from hooklab.errors import HooklabError
 from hooklab.generation.arms import generate_arm, parse_arm
-from hooklab.prompts import Prompt
+from hooklab.prompts import Prompt, end_of_turn_ids
 
 __all__ = ["ARM_COLUMNS", "check_references", "arm_generations", "score_records"]
 
@@ -60,6 +60,7 @@ def arm_generations(
     ``temperature``, ``top_p``, ``batch_size``).
     """
     records = []
+    turn_ends = set(end_of_turn_ids(pair.tokenizer))
     for text in arms:
         arm = parse_arm(text, pair.n_layers)
         outputs = generate_arm(
@@ -76,6 +77,8 @@ def arm_generations(
                     "text": pair.tokenizer.decode(list(output.token_ids), skip_special_tokens=True),
                     "token_ids": list(output.token_ids),
                     "stop_reason": output.stop_reason,
+                    # the turn's own end marker, not a document's EOS (PT ends text with EOS)
+                    "ended_with_eot": bool(output.token_ids) and output.token_ids[-1] in turn_ends,
                     "n_tokens": output.n_tokens,
                 }
             )
@@ -90,7 +93,7 @@ def _generation(
         category=prompt.category,
         prompt_text=prompt.text,
         text=record["text"],
-        ended_with_eot=record["stop_reason"] == "eot",
+        ended_with_eot=bool(record.get("ended_with_eot", record["stop_reason"] == "eot")),
         n_tokens=int(record["n_tokens"]),
         token_ids=tuple(record["token_ids"]),
         expected=None if reference is None else reference.expected,
