@@ -42,6 +42,8 @@ from hooklab.experiment import (
     register_experiment,
     registered_experiments,
 )
+from hooklab.experiments.opposition import read_summary as read_opposition_summary
+from hooklab.experiments.token_support import support_figure as token_support_figure
 from hooklab.graft import (
     GraftConfig,
     graft_effects,
@@ -52,6 +54,12 @@ from hooklab.graft import (
     save_histories,
 )
 from hooklab.loading import CheckpointSource
+from hooklab.mechanism import patching_heatmap
+from hooklab.mechanism.figures import (
+    attention_entropy_figure,
+    delta_cosine_figure,
+    weight_change_figure,
+)
 from hooklab.pair import ModelPair, load_pair
 from hooklab.parity import ParityReport, check_parity
 from hooklab.prompts import Prompt, load_prompts
@@ -121,6 +129,12 @@ __all__ = [
     "save_html",
     "token_view_html",
     "write_report",
+    "read_opposition_summary",
+    "token_support_figure",
+    "patching_heatmap",
+    "attention_entropy_figure",
+    "delta_cosine_figure",
+    "weight_change_figure",
     "write_tiny_pair",
     "build_random_model",
     "write_token_view",
