@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 from hooklab.errors import HooklabError
 from hooklab.mechanism.delta_cosine import OppositionSummary
 from hooklab.mechanism.weight_change import weight_change_pivot
-from hooklab.viz.figures import COLOURS
+from hooklab.viz.figures import COLOURS, ci_band
 
 __all__ = ["delta_cosine_figure", "weight_change_figure", "attention_entropy_figure"]
 
@@ -40,17 +40,7 @@ def delta_cosine_figure(summary: OppositionSummary, *, metric: str = "cosine") -
             rows = per[(per["component"] == component) & (per["model"] == model)]
             rows = rows.sort_values("depth")
             figure.add_trace(
-                go.Scatter(
-                    x=list(rows["depth"]) + list(rows["depth"])[::-1],
-                    y=list(rows["ci_high"]) + list(rows["ci_low"])[::-1],
-                    mode="lines",
-                    fill="toself",
-                    fillcolor=_BAND[model],
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup=model,
-                ),
+                ci_band(rows["depth"], rows["ci_low"], rows["ci_high"], _BAND[model], model),
                 row=1,
                 col=column,
             )

@@ -58,17 +58,7 @@ def convergence_figure(
                 continue
             rows = rows.sort_values("depth")
             figure.add_trace(
-                go.Scatter(
-                    x=list(rows["depth"]) + list(rows["depth"])[::-1],
-                    y=list(rows["ci_high"]) + list(rows["ci_low"])[::-1],
-                    mode="lines",
-                    fill="toself",
-                    fillcolor=_BAND[model],
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup=model,
-                ),
+                ci_band(rows["depth"], rows["ci_low"], rows["ci_high"], _BAND[model], model),
                 row=1,
                 col=column,
             )
@@ -227,3 +217,19 @@ def save_html(figure: go.Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.write_html(path, include_plotlyjs=True, full_html=True)
     return path
+
+
+def ci_band(x, low, high, fillcolor: str, group: str) -> go.Scatter:
+    """A filled 95% band between ``low`` and ``high`` over ``x`` (no hover, no legend entry)."""
+    x = list(x)
+    return go.Scatter(
+        x=x + x[::-1],
+        y=list(high) + list(low)[::-1],
+        mode="lines",
+        fill="toself",
+        fillcolor=fillcolor,
+        line={"width": 0},
+        hoverinfo="skip",
+        showlegend=False,
+        legendgroup=group,
+    )
