@@ -21,11 +21,15 @@ from tqdm.auto import tqdm
 
 from hooklab.architectures import model_device
 from hooklab.errors import HooklabError
+from hooklab.prompt_files import PromptColumns, read_rows, row_field, row_text, source_sha256
 from hooklab.types import Bridge
 
 __all__ = [
     "Prompt",
     "load_prompts",
+    "NAMED_PROMPT_SETS",
+    "prompt_source_path",
+    "prompt_source_sha256",
     "prompt_set_hash",
     "raw_prompt_ids",
     "chat_prompt_ids",
@@ -46,8 +50,9 @@ END_OF_TURN_TOKENS = (
 
 
 #: Prompt sets shipped with hooklab, by name (files under ``data/``).
-_NAMED = {
+NAMED_PROMPT_SETS = {
     "builtin": "prompts.jsonl",
+    "builtin-large": "prompts_large.jsonl",
     "behaviour": "behaviour/all.jsonl",
     "behaviour-tiny": "behaviour/tiny.jsonl",
 }
@@ -62,67 +67,72 @@ class Prompt:
     category: str = ""
 
 
-def load_prompts(source: str | Path | None = None) -> list[Prompt]:
-    """Prompts from a JSONL file (``id``, ``text`` or ``prompt``, optional ``category``; other
-    fields are ignored).
+def named_prompt_set_path(name: str) -> Path:
+    """The file of a built-in prompt set (:data:`NAMED_PROMPT_SETS`)."""
+    entry = resources.files("hooklab.data")
+    for part in NAMED_PROMPT_SETS[name].split("/"):
+        entry = entry.joinpath(part)
+    return Path(str(entry))
 
-    ``None`` or ``"builtin"`` gives hooklab's built-in set (``data/prompts.jsonl``);
-    ``"behaviour"`` and ``"behaviour-tiny"`` the behaviour sets (``data/behaviour/all.jsonl``
-    and ``tiny.jsonl``, whose ``expected`` / ``instructions`` fields
-    :func:`hooklab.behaviour.load_behaviour_prompts` reads). Lines without an ``id`` get
-    ``line-{n}``.
+
+def prompt_source_path(source: str | Path | None) -> Path:
+    """The file or folder a prompt source names: a built-in set's file, or the path itself."""
+    name = str(source or "builtin")
+    return named_prompt_set_path(name) if name in NAMED_PROMPT_SETS else Path(name)
+
+
+def load_prompts(
+    source: str | Path | None = None,
+    *,
+    columns: PromptColumns | None = None,
+    format: str = "auto",
+) -> list[Prompt]:
+    """Prompts from a built-in set, or from a local JSONL, CSV, Parquet or Arrow file or a
+    folder of them (:mod:`hooklab.prompt_files`).
+
+    ``None`` or ``"builtin"`` gives hooklab's built-in set of 40 (``data/prompts.jsonl``),
+    ``"builtin-large"`` its 240-prompt superset (``data/prompts_large.jsonl``);
+    ``"behaviour"`` and ``"behaviour-tiny"`` the behaviour sets, whose ``expected`` /
+    ``instructions`` fields :func:`hooklab.behaviour.load_behaviour_prompts` reads.
+
+    ``columns`` maps the file's columns to the prompt's text, id and category (default
+    ``text`` (or ``prompt``), ``id``, ``category``; other columns are ignored). A text column
+    may hold a chat (a list of role / content messages): its first user message is the prompt.
+    Rows without an id get ``line-N`` (JSONL) or ``row-N``; ids must be unique.
     """
-    if source is None or str(source) in _NAMED:
-        entry = resources.files("hooklab.data")
-        for name in _NAMED[str(source or "builtin")].split("/"):
-            entry = entry.joinpath(name)
-        text = entry.read_text()
-        origin = str(source or "builtin")
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise HooklabError(
-                f"prompts={str(source)!r}: no such file. Pass a JSONL file with one "
-                '{"id": ..., "text": ...} object per line, or one of "builtin", "behaviour", '
-                '"behaviour-tiny".'
-            )
-        text, origin = _read_utf8(path), str(path)
+    columns = columns or PromptColumns()
+    path = prompt_source_path(source)
+    origin = str(source or "builtin")
     prompts: list[Prompt] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise HooklabError(f"{origin}, line {number}: not valid JSON ({error.msg}).") from None
-        body = record.get("text", record.get("prompt")) if isinstance(record, dict) else None
+    for where, row in read_rows(path, columns, format):
+        body = row_text(row, columns)
         if not isinstance(body, str) or not body.strip():
+            shown = json.dumps(row, ensure_ascii=False, default=str)[:80]
             raise HooklabError(
-                f'{origin}, line {number}: expected an object with a non-empty "text" (or '
-                f'"prompt") string, got {line[:60]!r}.'
+                f"{origin}, {where.replace('-', ' ')}: expected a non-empty {columns.text!r} "
+                f"string (or a chat with a user message), got {shown!r}."
             )
         prompts.append(
-            Prompt(str(record.get("id", f"line-{number}")), body, str(record.get("category", "")))
+            Prompt(
+                row_field(row, columns.id) or where,
+                body,
+                row_field(row, columns.category) or "",
+            )
         )
     duplicates = sorted(i for i, n in Counter(p.id for p in prompts).items() if n > 1)
     if duplicates:
-        raise HooklabError(f"{origin}: prompt ids must be unique; repeated: {duplicates[:5]}.")
+        raise HooklabError(
+            f"{origin}: prompt ids must be unique; repeated: {duplicates[:5]}. Map "
+            "prompts.id_column to a unique column, or leave it out for row numbers."
+        )
     if not prompts:
         raise HooklabError(f"{origin}: no prompts in the file.")
     return prompts
 
 
-def _read_utf8(path: Path) -> str:
-    """The file's text, or a HooklabError naming the first line that is not UTF-8."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise HooklabError(
-            f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#04x}); save the "
-            "prompt file as UTF-8."
-        ) from None
+def prompt_source_sha256(source: str | Path | None, format: str = "auto") -> str:
+    """SHA-256 of the bytes of a prompt source's file(s) (:func:`prompt_files.source_sha256`)."""
+    return source_sha256(prompt_source_path(source), format)
 
 
 def prompt_set_hash(prompts: Sequence[Prompt]) -> str:

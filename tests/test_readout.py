@@ -146,7 +146,7 @@ def test_bad_condition_and_lens_are_named():
 def test_prompt_file_errors_are_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "ok"}\n{"id": "b"}\n')
-    with pytest.raises(HooklabError, match="line 2: expected an object"):
+    with pytest.raises(HooklabError, match="line 2: expected a non-empty .text. string"):
         load_prompts(bad)
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": "a", "text": "x"}\n{"id": "a", "prompt": "y"}\n')

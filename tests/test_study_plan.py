@@ -125,6 +125,15 @@ PAIR = '[[study.pairs]]\nname = "qwen3-4b"\ndevice = "cpu"\n'
         (PAIR + "[study.experiments.readout]\nseed = 3\n", "seed"),
         (PAIR + "[study.experiments.readout]\n[study.execution]\nshards = 0\n", "shards"),
         ('[[study.pairs]]\npt = "a"\nit = "b"\n[study.experiments.readout]\n', "label"),
+        (
+            "response_tokens = 0\n" + PAIR + "[study.experiments.readout]\n",
+            "study.response_tokens=0",
+        ),
+        (
+            'response_tokens = "64"\n' + PAIR + "[study.experiments.readout]\n",
+            "study.response_tokens='64'",
+        ),
+        (PAIR + '[study.experiments.readout]\n[study.prompts]\nformat = "xls"\n', "format"),
     ],
 )
 @pytest.mark.usefixtures("no_weights")
@@ -162,3 +171,19 @@ def test_run_specs_put_readout_first_and_chain_histories(tmp_path):
         )
     )
     assert replay.run_spec(replay.pairs[0], "graft").histories is None
+
+
+def test_response_tokens_caps_every_generation_unless_an_experiment_sets_its_own(tmp_path):
+    body = (
+        "response_tokens = 7\n"
+        + PAIR
+        + "[study.experiments.readout]\n[study.experiments.steer]\n"
+        + "[study.experiments.graft]\nmax_new_tokens = 3\n[study.experiments.weight-change]\n"
+    )
+    study = load_study(_study(tmp_path, body))
+    pair = study.pairs[0]
+    assert study.config(pair, "readout").max_new_tokens == 7
+    steer = study.config(pair, "steer")
+    assert (steer.max_new_tokens, steer.history_tokens) == (7, 7)
+    assert study.config(pair, "graft").max_new_tokens == 3  # its own table wins
+    assert study.run_spec(pair, "readout").experiment_config().max_new_tokens == 7

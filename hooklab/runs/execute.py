@@ -145,6 +145,9 @@ def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> Non
     atomic_write_text(out / SPEC_FILE, spec.to_toml())
     payload = {
         "run": _run_identity(spec, prompts),
+        # the source files' hash, as read when the run started (not part of the identity:
+        # a file whose prompts are unchanged, e.g. with a column added, still resumes)
+        "prompt_source": spec.prompts.provenance(),
         "parts": [dataclasses.asdict(p) for p in plan.parts],
     }
     atomic_write_text(path, json.dumps(payload, indent=2, default=list))
@@ -335,6 +338,7 @@ def _manifest(spec: RunSpec, run: dict, markers: list) -> dict[str, Any]:
         "pair_spec": run["run"]["pair"],
         "lenses": loaded.get("lenses", {}),
         "prompt_set_hash": run["run"]["prompt_set_hash"],
+        "prompt_source": run.get("prompt_source", {}),
         "n_prompts": sum(len(p["prompt_ids"]) for p in run["parts"]),
         "config": {"experiment": spec.experiment, **run["run"]["config"]},
         "seed": spec.seed,

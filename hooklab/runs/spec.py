@@ -123,12 +123,25 @@ class PairSpec(Config):
 
 @dataclass(frozen=True)
 class PromptSpec(Config):
-    """``[prompts]``: a JSONL file or ``builtin``, optionally the first ``limit`` prompts."""
+    """``[prompts]``: a built-in set or a local file / folder (JSONL, CSV, Parquet, Arrow)
+    with a column mapping, optionally a seeded random sample, optionally the first ``limit``."""
 
     section: ClassVar[str] = "prompts"
 
     source: str = "builtin"
-    """JSONL prompt file, or 'builtin'."""
+    """A prompt file or folder (.jsonl, .csv, .parquet, .arrow; a saved Hugging Face dataset
+    works), or a built-in set: builtin (40), builtin-large (240), behaviour, behaviour-tiny."""
+    format: Literal["auto", "jsonl", "csv", "parquet", "arrow"] = "auto"
+    """File format; auto = from the file suffix."""
+    text_column: str = "text"
+    """Column holding the prompt text (a string, or a chat whose first user message is used)."""
+    id_column: str = "id"
+    """Column holding a unique prompt id (row numbers when the file has no such column)."""
+    category_column: str = "category"
+    """Column holding the prompt's category (empty when the file has no such column)."""
+    shuffle_seed: int | None = None
+    """Shuffle the prompts with this seed before taking `limit` (a random sample of a large
+    dataset); file order otherwise."""
     limit: int | None = None
     """Use only the first N prompts (N >= 1)."""
 
@@ -139,11 +152,40 @@ class PromptSpec(Config):
                 "for all of them."
             )
 
+    def resolved(self, base: Path) -> str:
+        """The source with a relative file path made absolute against ``base`` (built-in
+        set names are kept as they are)."""
+        from hooklab.prompts import NAMED_PROMPT_SETS
+
+        if self.source in NAMED_PROMPT_SETS:
+            return self.source
+        candidate = base / Path(self.source).expanduser()
+        return str(candidate.resolve()) if candidate.exists() else self.source
+
+    @property
+    def columns(self) -> Any:
+        from hooklab.prompt_files import PromptColumns
+
+        return PromptColumns(self.text_column, self.id_column, self.category_column)
+
     def load(self) -> list:
+        import random
+
         from hooklab.prompts import load_prompts
 
-        prompts = load_prompts(self.source)
+        prompts = load_prompts(self.source, columns=self.columns, format=self.format)
+        if self.shuffle_seed is not None:
+            random.Random(self.shuffle_seed).shuffle(prompts)
         return prompts[: self.limit] if self.limit is not None else prompts
+
+    def provenance(self) -> dict[str, Any]:
+        """What the manifest records of the source: its resolved path and files' SHA-256."""
+        from hooklab.prompts import prompt_source_path, prompt_source_sha256
+
+        return {
+            "path": str(prompt_source_path(self.source)),
+            "sha256": prompt_source_sha256(self.source, self.format),
+        }
 
 
 @dataclass(frozen=True)
@@ -264,7 +306,7 @@ class RunSpec:
             self,
             out=str((base / Path(self.out).expanduser()).resolve()),
             pair=replace(self.pair, pt=absolute(self.pair.pt), it=absolute(self.pair.it)),
-            prompts=replace(self.prompts, source=absolute(self.prompts.source) or "builtin"),
+            prompts=replace(self.prompts, source=self.prompts.resolved(base)),
             histories=absolute(self.histories),
             config=config,
         )

@@ -8,6 +8,7 @@ manifests and reports work as for a single run. Example::
     name = "convergence-gap"
     out = "runs/study"              # relative paths are the study file's
     seed = 0
+    response_tokens = 128           # cap on every generated response (optional)
 
     [[study.pairs]]
     name = "gemma3-4b"              # a paper pair, "tiny", or pt = "...", it = "..."
@@ -28,6 +29,9 @@ manifests and reports work as for a single run. Example::
     windows = "late,mid,early"
 
     [study.prompts]                 # shared by every run
+    source = "data/lmsys-sample.parquet"   # or "builtin-large"; JSONL, CSV, Parquet, Arrow
+    text_column = "prompt"          # column mapping (id_column, category_column too)
+    shuffle_seed = 0                # a seeded random sample of `limit` rows
     limit = 500
     [study.execution]               # shared; executor = "ray" runs one pair per Ray task
     part_size = 8
@@ -65,7 +69,19 @@ READOUT = "readout"
 HISTORY_CONDITIONS = ("native", "same_history")
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_STUDY_KEYS = ("name", "out", "seed", "pairs", "experiments", "prompts", "execution", "cost")
+_STUDY_KEYS = (
+    "name",
+    "out",
+    "seed",
+    "response_tokens",
+    "pairs",
+    "experiments",
+    "prompts",
+    "execution",
+    "cost",
+)
+#: Config fields that cap a generated response; ``[study] response_tokens`` sets them all.
+RESPONSE_FIELDS = ("max_new_tokens", "history_tokens")
 _PAIR_EXTRA = ("label", "overrides")
 
 
@@ -94,6 +110,10 @@ class StudySpec:
     prompts: PromptSpec = field(default_factory=PromptSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     seed: int = 0
+    response_tokens: int | None = None
+    """Cap on every generated response (IT's histories, behaviour and steering generations):
+    the ``max_new_tokens`` / ``history_tokens`` of every experiment whose own table does not
+    set them."""
     cost: dict[str, Any] = field(default_factory=dict)
     """``[study.cost]`` keys of :class:`hooklab.study.plan.CostModel`."""
     base: str = "."
@@ -133,6 +153,15 @@ class StudySpec:
                 )
         if not str(self.out).strip():
             raise HooklabError("study.out is empty: name the study's folder.")
+        if self.response_tokens is not None and (
+            not isinstance(self.response_tokens, int)
+            or isinstance(self.response_tokens, bool)
+            or self.response_tokens < 1
+        ):
+            raise HooklabError(
+                f"study.response_tokens={self.response_tokens!r}: expected a number of tokens "
+                ">= 1 (no quotes), or leave it out for each experiment's own default."
+            )
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -152,6 +181,10 @@ class StudySpec:
         """The experiment's config for ``pair``: shared keys, then the pair's overrides."""
         kind = get_experiment(experiment)
         raw = {**self.experiments[experiment], **pair.overrides.get(experiment, {})}
+        if self.response_tokens is not None:
+            for name in RESPONSE_FIELDS:
+                if name in kind.config_type.field_types():
+                    raw.setdefault(name, self.response_tokens)
         if "seed" in raw:
             raise HooklabError(
                 f"study.experiments.{experiment}.seed: set seed = N in [study] instead."
@@ -281,8 +314,7 @@ def load_study(path: str | Path, *, out: str | None = None) -> StudySpec:
     if not isinstance(pairs, list):
         raise HooklabError(f"{path}: write pairs as [[study.pairs]] entries.")
     prompts = PromptSpec.from_dict(study.get("prompts", {}), section="study.prompts")
-    if prompts.source != "builtin" and (base / prompts.source).exists():
-        prompts = replace(prompts, source=str((base / prompts.source).resolve()))
+    prompts = replace(prompts, source=prompts.resolved(base))
     spec = StudySpec(
         name=study["name"],
         out=str(Path(out).resolve()) if out is not None else study["out"],
@@ -291,6 +323,7 @@ def load_study(path: str | Path, *, out: str | None = None) -> StudySpec:
         prompts=prompts,
         execution=ExecutionSpec.from_dict(study.get("execution", {}), section="study.execution"),
         seed=seed,
+        response_tokens=study.get("response_tokens"),
         cost=dict(study.get("cost", {})),
         base=str(base),
     )
