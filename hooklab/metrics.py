@@ -119,6 +119,12 @@ class FinalDistribution:
     probs: Float[torch.Tensor, "n d_vocab"]
     top1: Int[torch.Tensor, " n"]
 
+    def rows(self, start: int, stop: int) -> FinalDistribution:
+        """The distribution at rows ``start:stop`` (views, no copy)."""
+        return FinalDistribution(
+            self.logprobs[start:stop], self.probs[start:stop], self.top1[start:stop]
+        )
+
 
 def _dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     # Row-wise dot product: multiply into scratch, then a pairwise sum (~100x more accurate
@@ -152,13 +158,16 @@ def _log_softmax_(z: torch.Tensor, probs: torch.Tensor, top: torch.Tensor) -> No
 
 
 def final_distribution(
-    logits: Float[torch.Tensor, "n d_vocab"], workspace: Workspace | None = None, slot: int = 0
+    logits: Float[torch.Tensor, "n d_vocab"],
+    workspace: Workspace | None = None,
+    slot: int = 0,
+    offset: int = 0,
 ) -> FinalDistribution:
     """Log-probabilities and the top-1 of a final distribution, kept in ``workspace`` slot
-    ``slot``. ``logits`` is copied, not changed."""
+    ``slot`` at rows ``offset:offset + n``. ``logits`` is copied, not changed."""
     workspace = workspace or Workspace.like(logits)
     n = logits.shape[0]
-    logprobs, probs = (buffer[:n] for buffer in workspace.finals[slot])
+    logprobs, probs = (buffer[offset : offset + n] for buffer in workspace.finals[slot])
     logprobs.copy_(logits)
     top, top1 = logprobs.max(dim=-1)
     _log_softmax_(logprobs, probs, top.unsqueeze(1))

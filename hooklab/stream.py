@@ -198,6 +198,7 @@ class _Plan:
     extra: tuple[str, ...]
     jobs: list[tuple[int, int]]  # (source, layer) pairs to unembed, final layers first
     chunk: int
+    slice_rows: int  # positions whose metrics are reduced together (cache-sized on the CPU)
     workspace: Workspace
 
     def readers(self, source: int, layer: int) -> list[int]:
@@ -244,9 +245,25 @@ def _plan(
         names=names,
         extra=tuple(n for n in names if METRICS[n].opt_in),
         jobs=jobs,
-        chunk=min(chunk_rows or workspace.rows, workspace.rows),
+        chunk=(chunk := min(chunk_rows or workspace.rows, workspace.rows)),
+        slice_rows=_slice_rows(workspace, d_vocab, chunk),
         workspace=workspace,
     )
+
+
+#: Bytes of a slice's working set that stay in a CPU's last-level cache (a few MiB per core).
+CPU_CACHE_BYTES = 20 << 20
+#: [slice, d_vocab] float32 buffers a slice's metrics touch: logits, probabilities, scratch
+#: and one final distribution's log-probabilities and probabilities.
+_SLICE_BUFFERS = 5
+
+
+def _slice_rows(workspace: Workspace, d_vocab: int, chunk: int) -> int:
+    """Positions reduced together: what keeps a slice in the cache on the CPU; the whole
+    chunk on an accelerator, where each extra slice is one more round of kernel launches."""
+    if workspace.logits.device.type != "cpu":
+        return chunk
+    return max(1, min(chunk, CPU_CACHE_BYTES // (_SLICE_BUFFERS * 4 * d_vocab)))
 
 
 def _chunk_targets(
@@ -309,36 +326,57 @@ _Chunk = tuple[dict[str, torch.Tensor], torch.Tensor]  # name -> [n, layer] valu
 def _read_chunk(
     model: Bridge, lens: Lens, rows: _Rows, plan: _Plan, start: int, stop: int
 ) -> list[_Chunk]:
-    """Every source's metrics at the positions ``start:stop`` of ``rows``, on the CPU."""
+    """Every source's metrics at the positions ``start:stop`` of ``rows``, on the CPU.
+
+    Each group of jobs is unembedded in one matmul; its metrics are then reduced in slices of
+    ``plan.slice_rows`` positions, every job of the group per slice, so that on the CPU a
+    slice's logits, final distributions and scratch buffers stay in the cache across the
+    dozen passes the metrics make over the vocabulary. The final distributions are made slice
+    by slice too, so a final layer and its own final go through identical shapes (its
+    ``kl_to_final`` is exactly 0).
+    """
     n, last, workspace = stop - start, plan.n_layers - 1, plan.workspace
-    values: list[list[dict[str, torch.Tensor]]] = [[{}] * plan.n_layers for _ in plan.starts]
-    finals: list[FinalDistribution] = []
+    slices = [(a, min(a + plan.slice_rows, n)) for a in range(0, n, plan.slice_rows)]
+    # per source, per layer, per slice: the metrics; concatenated at the end
+    values: list[list[list[dict[str, torch.Tensor]]]] = [
+        [[] for _ in range(plan.n_layers)] for _ in plan.starts
+    ]
+    finals: dict[tuple[int, int], FinalDistribution] = {}  # (source, slice start) -> final
     with torch.no_grad():
         targets, has_target = _chunk_targets(rows, start, stop)
-        teacher_logprobs = _chunk_teacher(rows, workspace, start, stop)
+        teacher = _chunk_teacher(rows, workspace, start, stop)
         group = workspace.layer_group
         for first in range(0, len(plan.jobs), group):
             jobs = plan.jobs[first : first + group]
             logits = _unembed(model, lens, rows, plan, jobs, start, stop)
-            for j, (source, layer) in enumerate(jobs):
-                block = logits[j * n : (j + 1) * n]
-                if layer == last:  # final layers come first, in source order
-                    finals.append(final_distribution(block, workspace, slot=source))
-                readers = plan.readers(source, layer)
-                results = layer_metrics(
-                    block,
-                    [finals[r] for r in readers],
-                    targets,
-                    workspace,
-                    teacher_logprobs=teacher_logprobs,
-                    extra=plan.extra,
-                )
-                for reader, result in zip(readers, results, strict=True):
-                    values[reader][layer] = _mask_targets(result, has_target)
+            for a, b in slices:
+                for j, (source, layer) in enumerate(jobs):
+                    block = logits[j * n + a : j * n + b]
+                    if layer == last:  # final layers come first, in source order
+                        finals[source, a] = final_distribution(
+                            block, workspace, slot=source, offset=a
+                        )
+                    readers = plan.readers(source, layer)
+                    results = layer_metrics(
+                        block,
+                        [finals[reader, a] for reader in readers],
+                        None if targets is None else targets[a:b],
+                        workspace,
+                        teacher_logprobs=None if teacher is None else teacher[a:b],
+                        extra=plan.extra,
+                    )
+                    mask = None if has_target is None else has_target[a:b]
+                    for reader, result in zip(readers, results, strict=True):
+                        values[reader][layer].append(_mask_targets(result, mask))
     return [
         (
-            {name: torch.stack([v[name] for v in per_layer], dim=-1).cpu() for name in plan.names},
-            finals[source].top1.cpu(),
+            {
+                name: torch.stack(
+                    [torch.cat([part[name] for part in parts]) for parts in per_layer], dim=-1
+                ).cpu()
+                for name in plan.names
+            },
+            torch.cat([finals[source, a].top1 for a, _ in slices]).cpu(),
         )
         for source, per_layer in enumerate(values)
     ]

@@ -142,3 +142,48 @@ def test_read_mask_limits_positions(tiny_pair):
     assert torch.allclose(
         got.metrics["entropy"][:, 2:4], everything.metrics["entropy"][:, 2:4], atol=1e-6
     )
+
+
+@pytest.mark.parametrize("slice_rows", [1, 3])
+def test_cache_slices_give_the_whole_chunks_metrics(tiny_pair, monkeypatch, slice_rows):
+    """On the CPU the metrics are reduced in cache-sized slices of a chunk; every metric, with
+    targets, a teacher, an opt-in metric and variants sharing early layers, must equal the
+    unsliced reduction, and each final layer must still be exactly its own final."""
+    import hooklab.stream as stream
+    from hooklab.forward import residual_stream
+
+    tiny = tiny_pair("llama")
+    pair = hooklab.load_pair(pt=tiny.pt, it=tiny.it, device="cpu")
+    tokens, mask, targets = _batch()
+    with torch.no_grad():
+        base = residual_stream(pair.it, tokens, attention_mask=mask).resid_post
+        teacher = residual_stream(pair.pt, tokens, attention_mask=mask).resid_post[-1]
+    variant = base.clone()
+    variant[2:] += 0.3 * torch.randn_like(variant[2:], generator=None)
+    read = mask.bool()
+
+    def readouts():
+        return stream.read_variants(
+            pair.it,
+            base,
+            [(2, variant)],
+            read,
+            targets=targets,
+            teacher=(pair.pt, teacher),
+            chunk_rows=7,
+            metrics=["js_to_final"],
+        )
+
+    whole = readouts()
+    d_vocab = int(pair.it.cfg.d_vocab)
+    monkeypatch.setattr(stream, "CPU_CACHE_BYTES", slice_rows * stream._SLICE_BUFFERS * 4 * d_vocab)
+    sliced = readouts()
+    for ours, reference in zip(sliced, whole, strict=True):
+        assert torch.equal(ours.final_top1, reference.final_top1)
+        for name, value in reference.metrics.items():
+            assert torch.allclose(
+                ours.metrics[name].double(), value.double(), atol=1e-6, equal_nan=True
+            ), name
+        assert (ours.metrics["kl_to_final"][..., -1][read] == 0).all()
+        assert (ours.metrics["final_top1_rank"][..., -1][read] == 0).all()
+    assert not torch.allclose(sliced[1].metrics["kl_to_final"], sliced[0].metrics["kl_to_final"])
