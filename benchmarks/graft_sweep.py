@@ -8,8 +8,10 @@ block's inputs, and reruns only the host's blocks from each window's first layer
 The naive way is the test suite's reference (``tests/graft_reference.py``), imported from
 there so that the benchmark times exactly what the tests check against.
 
-Prints wall time and peak extra memory of both, their ratio, the share spent in the lens
-readout, and the largest difference between the two tables (must be <= 1e-5).
+The two run interleaved in rounds (benchmarks/_rounds.py: one warm-up round, then each round
+runs both, in a rotated order). Prints minimum / median wall time and the peak extra memory of
+both, their ratio within each round (minimum / median), the share spent in the lens readout,
+and the largest difference between the two tables (must be <= 1e-5).
 
     python benchmarks/graft_sweep.py                   # CPU, 24 layers, d_model 512
     python benchmarks/graft_sweep.py --device cuda --d-model 2048 --d-vocab 128256
@@ -18,6 +20,7 @@ readout, and the largest difference between the two tables (must be <= 1e-5).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import torch
 from _memory import PeakMemory
+from _rounds import interleaved, sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
 
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--mode", default="splice")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up)")
     args = parser.parse_args()
 
     import hooklab.stream as stream
@@ -103,30 +108,51 @@ def main() -> None:
     # the optimised sweep reads through read_variants, the naive one through read_residuals
     sweep_module.read_variants = timed
     reference_module.read_residuals = timed_residuals
-    runs = {
-        "naive": lambda: naive_graft(pair, histories, config, lenses=lenses),
-        "hooklab": lambda: run_graft(pair, histories, config, lenses=lenses, progress=False),
+    readout_share: dict[str, list[float]] = {"naive": [], "hooklab": []}
+    tables = {}
+
+    def contender(name, run):
+        def call():
+            readout_seconds["value"] = 0.0
+            tables[name] = run()
+            readout_share[name].append(readout_seconds["value"])
+
+        return call
+
+    contenders = {
+        "naive": contender("naive", lambda: naive_graft(pair, histories, config, lenses=lenses)),
+        "hooklab": contender(
+            "hooklab", lambda: run_graft(pair, histories, config, lenses=lenses, progress=False)
+        ),
     }
-    results = {}
-    for name in ("naive", "hooklab", "naive", "hooklab"):
-        readout_seconds["value"] = 0.0
+    rounds = interleaved(contenders, rounds=args.rounds, device=args.device)
+    peaks = {}
+    for name, call in contenders.items():  # one more call each, for its peak memory
         with PeakMemory(args.device) as peak:
-            start = time.perf_counter()
-            table = runs[name]()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        # the second run of each is kept (the first warms up)
-        results[name] = (seconds, readout_seconds["value"], peak.extra_bytes / 2**20, table)
-    naive_s, naive_r, _, naive_t = results["naive"]
-    fast_s, fast_r, _, fast_t = results["hooklab"]
-    difference = max_difference(fast_t, naive_t)
-    print(f"{'':>8} {'total s':>8} {'readout s':>10} {'other s':>8} {'peak MB':>8}")
-    for name, (s, r, m, _) in (("naive", results["naive"]), ("hooklab", results["hooklab"])):
-        print(f"{name:>8} {s:>8.2f} {r:>10.2f} {s - r:>8.2f} {m:>8.0f}")
+            call()
+            sync(args.device)
+        peaks[name] = peak.extra_bytes / 2**20
+    difference = max_difference(tables["hooklab"], tables["naive"])
+    print("\nseconds (min / median over rounds)")
+    print(f"{'':>8} {'total s':>15} {'readout s (median)':>19} {'peak MB':>8}")
+    for name in contenders:
+        share = statistics.median(readout_share[name][1 : args.rounds + 1])
+        print(f"{name:>8} {rounds.summary(name):>15} {share:>19.2f} {peaks[name]:>8.0f}")
+    outside = [
+        (n - rn) / (h - rh)
+        for n, h, rn, rh in zip(
+            rounds.seconds["naive"],
+            rounds.seconds["hooklab"],
+            readout_share["naive"][1 : args.rounds + 1],
+            readout_share["hooklab"][1 : args.rounds + 1],
+            strict=True,
+        )
+    ]
     print(
-        f"speed-up (naive / hooklab): total {naive_s / fast_s:.2f}x, outside the readout "
-        f"{(naive_s - naive_r) / (fast_s - fast_r):.2f}x; max |difference| {difference:.1e}"
+        f"speed-up naive / hooklab within each round (min / median): total "
+        f"{rounds.ratio_summary('naive', 'hooklab')}, outside the readout "
+        f"{min(outside):.2f} / {statistics.median(outside):.2f}; max |difference| "
+        f"{difference:.1e}"
     )
 
 

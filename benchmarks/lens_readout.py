@@ -1,14 +1,20 @@
 """Benchmark: hooklab's streaming lens readout vs TransformerLens's logit_lens vs a bare matmul.
 
-For one model shape and token count it times, and measures the peak extra memory of,
-  (a) hooklab.stream.read_lens with every metric (the forward pass reported apart),
+For one model shape and token count it times
+  (a) hooklab.stream.read_lens with every metric (forward pass included; warm workspace, as
+      run_readout reuses one across batches),
+  (lens) the readout alone: hooklab.stream.read_residuals on an already computed residual
+      stream (unembedding + every metric),
+  (fwd) the forward pass alone (hooklab.forward.residual_stream),
   (b) transformer_lens.tools.analysis.logit_lens decoding every layer at every position,
   (c) the physical floor: one [layers x tokens, d_model] @ [d_model, d_vocab] matmul in the
       model dtype,
-and prints the ratios a/c and a/b, at two or more layer counts so that one can see whether
-memory grows with depth. Each measurement runs in its own process (peak RSS is per process on
-the CPU; torch.cuda.max_memory_allocated on a GPU). Ratios, not absolute times, are the figures
-to quote: these machines are shared.
+interleaved in rounds (benchmarks/_rounds.py: each round runs every contender once, in a
+rotated order), and prints minimum / median seconds and the ratios lens/c, a/c and a/b taken
+within each round (minimum / median over rounds), at two or more layer counts. The peak extra
+memory of each contender is measured once in its own process (peak RSS is per process on the
+CPU; torch.cuda.max_memory_allocated on a GPU), so that one can see whether it grows with
+depth. Ratios, not absolute times, are the figures to quote: these machines are shared.
 
     python benchmarks/lens_readout.py                        # CPU, Gemma 3's 262,144 vocabulary
     python benchmarks/lens_readout.py --pair gemma3-4b --device cuda --dtype bfloat16
@@ -18,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from _memory import PeakMemory
+from _rounds import interleaved, sync
 
 
 def _model(args, n_layers: int):
@@ -42,64 +47,59 @@ def _model(args, n_layers: int):
     return build_model_from_config(config, dtype=dtype, device=args.device)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def measure(args) -> dict:
-    """Run one contender in this process; return its median time and peak extra memory."""
+def _contenders(args, model, tokens) -> dict:
+    """name -> a call that runs one contender on the same model and tokens."""
     from transformer_lens.tools.analysis import logit_lens
 
+    from hooklab.architectures import unembedding_weight
     from hooklab.forward import residual_stream
-    from hooklab.stream import read_lens
+    from hooklab.metrics import Workspace
+    from hooklab.stream import read_lens, read_residuals
 
+    d_vocab = int(model.cfg.d_vocab)
+    weight = unembedding_weight(model)
+    rows = torch.randn(
+        args.layers * tokens.numel(), int(model.cfg.d_model), dtype=weight.dtype, device=args.device
+    )
+    # the workspace made once, as run_readout does across batches
+    workspace = Workspace.plan(d_vocab, args.layers, args.device, max_rows=tokens.numel())
+    with torch.no_grad():
+        resid = residual_stream(model, tokens).resid_post
+    read = torch.ones_like(tokens, dtype=torch.bool)
+    contenders = {
+        "a": lambda: read_lens(model, tokens, workspace=workspace),
+        "lens": lambda: read_residuals(model, resid, read, workspace=workspace),
+        "fwd": lambda: residual_stream(model, tokens),
+        "c": lambda: rows @ weight.T,
+    }
+    if not args.skip_b:
+        contenders["b"] = lambda: logit_lens(model, tokens, positions=None, return_type="log_probs")
+    return contenders
+
+
+def _inputs(args):
     torch.manual_seed(0)
     model = _model(args, args.layers)
     d_vocab = int(model.cfg.d_vocab)
     batch = max(1, args.tokens // args.seq_len)
     tokens = torch.randint(10, min(d_vocab, 500), (batch, args.seq_len), device=args.device)
-    weight = model.unembed.original_component.weight
-    rows = torch.randn(
-        args.layers * tokens.numel(), int(model.cfg.d_model), dtype=weight.dtype, device=args.device
-    )
+    return model, tokens
 
-    from hooklab.metrics import Workspace
 
-    # "a_warm": the workspace made once, as run_readout does across batches
-    workspace = Workspace.plan(d_vocab, args.layers, args.device, max_rows=tokens.numel())
-
-    def contender():
-        if args.measure == "a":
-            return read_lens(model, tokens)
-        if args.measure == "a_warm":
-            return read_lens(model, tokens, workspace=workspace)
-        if args.measure == "forward":
-            return residual_stream(model, tokens)
-        if args.measure == "b":
-            return logit_lens(model, tokens, positions=None, return_type="log_probs")
-        return rows @ weight.T
-
+def measure_memory(args) -> dict:
+    """Run one contender once in this process; return its peak extra memory."""
+    model, tokens = _inputs(args)
+    contender = _contenders(args, model, tokens)[args.measure]
     with torch.no_grad():
-        _sync(args.device)
+        contender()  # warm
+        sync(args.device)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        times, peaks = [], []
-        for _ in range(args.repeats):
-            with PeakMemory(args.device) as peak:
-                start = time.perf_counter()
-                result = contender()
-                _sync(args.device)
-                times.append(time.perf_counter() - start)
-                del result
-            peaks.append(peak.extra_bytes)
-        peak = max(peaks)
-    return {
-        "measure": args.measure,
-        "layers": args.layers,
-        "seconds": statistics.median(times),
-        "peak_extra_bytes": max(peak, 0),
-    }
+        with PeakMemory(args.device) as peak:
+            result = contender()
+            sync(args.device)
+            del result
+    return {"measure": args.measure, "peak_extra_bytes": max(peak.extra_bytes, 0)}
 
 
 def _run_child(args, measure_name: str, layers: int) -> dict:
@@ -125,8 +125,6 @@ def _run_child(args, measure_name: str, layers: int) -> dict:
         args.dtype,
         "--device",
         args.device,
-        "--repeats",
-        str(args.repeats),
     ] + (["--pair", args.pair] if args.pair else [])
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,41 +141,56 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up)")
     parser.add_argument("--skip-b", action="store_true", help="skip TransformerLens (memory)")
+    parser.add_argument("--skip-memory", action="store_true", help="no per-process peaks")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", default="a", help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args)))
+        print(json.dumps(measure_memory(args)))
         return
     shape = args.pair or f"d_model={args.d_model} d_vocab={args.d_vocab}"
     print(
         f"lens readout benchmark: {shape}, {args.tokens} tokens, {args.dtype} on {args.device},"
-        f" torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f" torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds"
     )
-    print(
-        f"{'layers':>6} {'a s':>8} {'a warm s':>9} {'fwd s':>7} {'b: TL s':>8} {'c s':>8} "
-        f"{'a/c':>5} {'warm/c':>7} {'a/b':>5} {'a MB':>6} {'warm MB':>8} {'b MB':>6} {'c MB':>6}"
-    )
+    table = []
     for layers in [int(x) for x in args.layer_counts.split(",")]:
-        a = _run_child(args, "a", layers)
-        warm = _run_child(args, "a_warm", layers)
-        fwd = _run_child(args, "forward", layers)
-        c = _run_child(args, "c", layers)
-        b = None if args.skip_b else _run_child(args, "b", layers)
-
-        def mb(result):
-            return "-" if result is None else f"{result['peak_extra_bytes'] / 2**20:.0f}"
-
-        b_s = "-" if b is None else f"{b['seconds']:.2f}"
-        a_b = "-" if b is None else f"{a['seconds'] / b['seconds']:.2f}"
+        args.layers = layers
+        print(f"{layers} layers:", flush=True)
+        model, tokens = _inputs(args)
+        rounds = interleaved(
+            _contenders(args, model, tokens), rounds=args.rounds, device=args.device
+        )
+        del model
+        peaks = {}
+        if not args.skip_memory:
+            for name in rounds.seconds:
+                peaks[name] = _run_child(args, name, layers)["peak_extra_bytes"] / 2**20
+        table.append((layers, rounds, peaks))
+    names = ["a", "lens", "fwd", "b", "c"]
+    print("\nseconds (min / median over rounds); ratios within each round (min / median)")
+    print(
+        f"{'layers':>6} "
+        + " ".join(f"{n + ' s':>15}" for n in names)
+        + f" {'lens/c':>13} {'a/c':>13} {'a/b':>13}   peak MB: "
+        + " ".join(names)
+    )
+    for layers, rounds, peaks in table:
+        cells = [rounds.summary(n) if n in rounds.seconds else "-" for n in names]
+        ratios = [
+            rounds.ratio_summary(x, y) if x in rounds.seconds and y in rounds.seconds else "-"
+            for x, y in (("lens", "c"), ("a", "c"), ("a", "b"))
+        ]
+        memory = " ".join(f"{peaks[n]:.0f}" if n in peaks else "-" for n in names)
         print(
-            f"{layers:>6} {a['seconds']:>8.2f} {warm['seconds']:>9.2f} {fwd['seconds']:>7.2f} "
-            f"{b_s:>8} {c['seconds']:>8.2f} {a['seconds'] / c['seconds']:>5.2f} "
-            f"{warm['seconds'] / c['seconds']:>7.2f} {a_b:>5} {mb(a):>6} {mb(warm):>8} "
-            f"{mb(b):>6} {mb(c):>6}",
+            f"{layers:>6} "
+            + " ".join(f"{c:>15}" for c in cells)
+            + " "
+            + " ".join(f"{r:>13}" for r in ratios)
+            + f"   {memory}",
             flush=True,
         )
 

@@ -419,13 +419,30 @@ def study_plan(
     n_prompts: Annotated[
         int | None, typer.Option(help="Price this many prompts instead of the prompt set's.")
     ] = None,
+    measured: Annotated[
+        bool,
+        typer.Option(
+            help="Also set each finished run's measured seconds beside its estimate, with "
+            "the utilisation they imply (calibration)."
+        ),
+    ] = False,
+    out: StudyOut = None,
 ) -> None:
     """Print each run's forward passes, tokens, rows, disk, GPU memory and GPU-hours."""
-    from hooklab.study import CostModel, format_plan, load_study, plan_study
+    from hooklab.study import (
+        CostModel,
+        calibrate,
+        format_calibration,
+        format_plan,
+        load_study,
+        plan_study,
+    )
 
-    study = load_study(spec)
+    study = load_study(spec, out=None if out is None else str(out))
     cost = CostModel.from_dict(study.cost)
     typer.echo(format_plan(plan_study(study, n_prompts=n_prompts, cost=cost), cost))
+    if measured:
+        typer.echo("\n" + format_calibration(calibrate(study, cost), cost))
 
 
 @study_app.command("report")

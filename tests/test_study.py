@@ -113,6 +113,35 @@ def test_a_second_run_keeps_every_finished_run(study):
     assert before == {p: (p / "manifest.json").stat().st_mtime_ns for _, _, p in _runs(spec)}
 
 
+def test_plan_calibrates_against_the_finished_runs_measured_seconds(study, capsys):
+    from hooklab.cli import main
+    from hooklab.study import CostModel, calibrate, plan_study
+
+    path, spec, _ = study
+    calibrations = calibrate(spec)
+    assert {(c.row.pair, c.row.experiment) for c in calibrations} == {
+        (label, experiment) for label, experiment, _ in _runs(spec)
+    }
+    for c in calibrations:
+        manifest = json.loads(
+            (spec.run_dir(c.row.pair, c.row.experiment) / "manifest.json").read_text()
+        )
+        assert c.measured_seconds == pytest.approx(sum(p["seconds"] for p in manifest["parts"]))
+        assert c.implied_utilisation == pytest.approx(
+            0.4 * c.row.gpu_hours * 3600 / c.measured_seconds
+        )
+    # at the implied utilisation, the plan reproduces a run's measured time
+    first = calibrations[0]
+    replanned = plan_study(spec, cost=CostModel(utilisation=first.implied_utilisation))
+    again = next(
+        r for r in replanned if (r.pair, r.experiment) == (first.row.pair, first.row.experiment)
+    )
+    assert again.gpu_hours * 3600 == pytest.approx(first.measured_seconds)
+    assert main(["study", "plan", str(path), "--measured"]) in (0, None)
+    printed = capsys.readouterr().out
+    assert "implied utilisation" in printed and "measured runs imply utilisation" in printed
+
+
 def _runs(spec):
     from hooklab.study.execute import study_runs
 

@@ -16,13 +16,22 @@ cost model (:class:`CostModel`, the ``[study.cost]`` table):
   activations: the residual stream of every layer in float32 for the batch (both sides),
   one float32 ``[batch, seq, d_vocab]`` logits tensor, and 256 MiB of lens chunk buffers.
 
+Calibration (:func:`calibrate`, ``hooklab study plan SPEC --measured``): once runs have
+finished, each run's measured seconds (the sum of its parts' ``seconds`` in ``manifest.json``,
+compute only: loading is not counted) is set beside the estimate, and the utilisation that
+would have made the estimate exact, ``utilisation x estimated / measured``, is printed per run
+with its median over runs: the value to put in ``[study.cost] utilisation`` for the next
+study on the same hardware.
+
 Parameter counts come from ``paper_pairs.json`` for the paper pairs (no hub access), and for
 folders from their config, instantiated on PyTorch's ``meta`` device (no weights).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +40,17 @@ from hooklab.config import Config
 from hooklab.errors import HooklabError
 from hooklab.study.spec import StudyPair, StudySpec
 
-__all__ = ["CostModel", "PairSize", "PlanRow", "pair_size", "plan_study", "format_plan"]
+__all__ = [
+    "CostModel",
+    "PairSize",
+    "PlanRow",
+    "Calibration",
+    "pair_size",
+    "plan_study",
+    "format_plan",
+    "calibrate",
+    "format_calibration",
+]
 
 _GIB = 2**30
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -213,4 +232,70 @@ def format_plan(rows: list[PlanRow], cost: CostModel) -> str:
         f"{sum(r.gpu_hours for r in rows):>8.2f}"
     )
     lines += ["", cost.describe(), "GPU mem total: the largest run (weights + activations)."]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A finished run's estimate against its measured compute time."""
+
+    row: PlanRow
+    measured_seconds: float
+    implied_utilisation: float
+    """The utilisation at which the estimate would equal the measurement."""
+
+    @property
+    def estimated_seconds(self) -> float:
+        return self.row.gpu_hours * 3600
+
+
+def _measured_seconds(run_dir: Path) -> float | None:
+    import json
+
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        return None
+    parts = json.loads(manifest.read_text(encoding="utf-8")).get("parts", [])
+    seconds = [p.get("seconds") for p in parts]
+    if not seconds or any(not isinstance(x, int | float) for x in seconds):
+        return None
+    return float(sum(seconds))
+
+
+def calibrate(study: StudySpec, cost: CostModel | None = None) -> list[Calibration]:
+    """Each finished run of ``study`` with its estimate (at the runs' own prompt count) and
+    measured seconds; runs not finished yet are left out."""
+    cost = cost or CostModel.from_dict(study.cost, section="study.cost")
+    out = []
+    for row in plan_study(study, cost=cost):
+        measured = _measured_seconds(study.run_dir(row.pair, row.experiment))
+        if measured is None or measured <= 0:
+            continue
+        implied = cost.utilisation * row.gpu_hours * 3600 / measured
+        out.append(Calibration(row, measured, implied))
+    return out
+
+
+def format_calibration(calibrations: list[Calibration], cost: CostModel) -> str:
+    """Estimated against measured seconds per finished run, and the implied utilisation."""
+    if not calibrations:
+        return "no finished runs to calibrate against (run the study first)."
+    header = (
+        f"{'pair':<18} {'experiment':<17} {'estimated s':>12} {'measured s':>11} "
+        f"{'measured/est':>12} {'implied utilisation':>19}"
+    )
+    lines = [header, "-" * len(header)]
+    for c in calibrations:
+        lines.append(
+            f"{c.row.pair:<18} {c.row.experiment:<17} {c.estimated_seconds:>12.3g} "
+            f"{c.measured_seconds:>11.3g} {c.measured_seconds / c.estimated_seconds:>12.3g} "
+            f"{c.implied_utilisation:>19.3g}"
+        )
+    median = statistics.median(c.implied_utilisation for c in calibrations)
+    lines += [
+        "",
+        f"assumed: {cost.peak_tflops:g} TFLOP/s peak x {cost.utilisation:.0%}; measured runs "
+        f"imply utilisation {median:.3g} (median over {len(calibrations)} runs): set "
+        "[study.cost] utilisation to it to price the next study on this hardware.",
+    ]
     return "\n".join(lines)
