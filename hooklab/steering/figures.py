@@ -26,6 +26,7 @@ import torch
 
 from hooklab.architectures import read_logits, unembedding_weight
 from hooklab.steering.directions import Directions
+from hooklab.viz.figures import ci_band
 
 __all__ = [
     "stability_figure",
@@ -51,17 +52,7 @@ def stability_figure(table: pd.DataFrame, layers: Sequence[int] | None = None) -
         rows = table[table["layer"] == layer].sort_values("n")
         colour = _PALETTE[i % len(_PALETTE)]
         figure.add_trace(
-            go.Scatter(
-                x=list(rows["n"]) + list(rows["n"])[::-1],
-                y=list(rows["cos_high"]) + list(rows["cos_low"])[::-1],
-                mode="lines",
-                fill="toself",
-                fillcolor=_band(colour),
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=str(layer),
-            )
+            ci_band(rows["n"], rows["cos_low"], rows["cos_high"], _band(colour), str(layer))
         )
         figure.add_trace(
             go.Scatter(

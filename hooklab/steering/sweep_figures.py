@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from hooklab.steering.directions import layer_cosine_matrix
 from hooklab.steering.figures import _PALETTE, _band, cosine_matrix_figure, stability_figure
 from hooklab.steering.io import load_directions
+from hooklab.viz.figures import ci_band
 
 __all__ = ["dose_response_figure", "direction_tokens_figure", "steer_figures"]
 
@@ -35,16 +36,7 @@ def dose_response_figure(
             colour = _PALETTE[i % len(_PALETTE)]
             dash = "dot" if "random" in arm else "solid"
             figure.add_trace(
-                go.Scatter(
-                    x=list(rows["alpha"]) + list(rows["alpha"])[::-1],
-                    y=list(rows["ci_high"]) + list(rows["ci_low"])[::-1],
-                    fill="toself",
-                    fillcolor=_band(colour),
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup=arm,
-                ),
+                ci_band(rows["alpha"], rows["ci_low"], rows["ci_high"], _band(colour), arm),
                 row=1,
                 col=col,
             )

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from hooklab.viz.figures import save_html
+from hooklab.viz.figures import ci_band, save_html
 
 __all__ = ["figure_convergence", "figure_grafts", "commitment_delay", "write_study_figures"]
 
@@ -45,17 +45,7 @@ def figure_convergence(
             if line.empty:
                 continue
             figure.add_trace(
-                go.Scatter(
-                    x=list(line["depth"]) + list(line["depth"])[::-1],
-                    y=list(line["ci_high"]) + list(line["ci_low"])[::-1],
-                    fill="toself",
-                    fillcolor=_BANDS[model],
-                    line={"width": 0},
-                    mode="lines",
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup=model,
-                ),
+                ci_band(line["depth"], line["ci_low"], line["ci_high"], _BANDS[model], model),
                 row=1,
                 col=column,
             )
