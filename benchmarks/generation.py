@@ -14,28 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import torch
-
-
-def _larger_pair(args):
-    import hooklab
-    from hooklab.synthetic import write_perturbed_checkpoint, write_tiny_checkpoint
-
-    root = tempfile.mkdtemp(prefix="hooklab-bench-")
-    overrides = dict(
-        num_hidden_layers=args.layers,
-        hidden_size=args.d_model,
-        intermediate_size=4 * args.d_model,
-        num_attention_heads=args.d_model // 64,
-        num_key_value_heads=args.d_model // 64,
-        vocab_size=args.d_vocab,
-    )
-    pt = write_tiny_checkpoint("llama", f"{root}/pt", **overrides)
-    it = write_perturbed_checkpoint(pt, f"{root}/it")
-    return hooklab.load_pair(pt=pt, it=it, device=args.device, dtype=args.dtype)
+from _pairs import load_synthetic_pair
 
 
 def _bench(name, pair, args) -> None:
@@ -104,7 +86,7 @@ def main() -> None:
     import hooklab
 
     _bench("embedded pair", hooklab.load_pair("tiny", device=args.device, dtype=args.dtype), args)
-    _bench("larger tiny pair", _larger_pair(args), args)
+    _bench("larger tiny pair", load_synthetic_pair(args), args)
 
 
 if __name__ == "__main__":

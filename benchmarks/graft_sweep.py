@@ -22,33 +22,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from _memory import PeakMemory
+from _pairs import load_synthetic_pair
 from _rounds import interleaved, sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
-
-
-def _pair(args):
-    import hooklab
-    from hooklab.synthetic import write_perturbed_checkpoint, write_tiny_checkpoint
-
-    root = tempfile.mkdtemp(prefix="hooklab-bench-")
-    overrides = dict(
-        num_hidden_layers=args.layers,
-        hidden_size=args.d_model,
-        intermediate_size=4 * args.d_model,
-        num_attention_heads=args.d_model // 64,
-        num_key_value_heads=args.d_model // 64,
-        vocab_size=args.d_vocab,
-    )
-    pt = write_tiny_checkpoint("llama", f"{root}/pt", **overrides)
-    it = write_perturbed_checkpoint(pt, f"{root}/it")
-    return hooklab.load_pair(pt=pt, it=it, device=args.device, dtype=args.dtype)
 
 
 def main() -> None:
@@ -72,7 +54,7 @@ def main() -> None:
     from hooklab.prompts import load_prompts
     from tests.graft_reference import max_difference, naive_graft
 
-    pair = _pair(args)
+    pair = load_synthetic_pair(args)
     histories = make_histories(
         pair, load_prompts()[: args.prompts], max_new_tokens=args.max_new_tokens, progress=False
     )
