@@ -47,8 +47,10 @@ def _model(args, n_layers: int):
     return build_model_from_config(config, dtype=dtype, device=args.device)
 
 
-def _contenders(args, model, tokens) -> dict:
-    """name -> a call that runs one contender on the same model and tokens."""
+def _contenders(args, model, tokens, *, warm: bool = True) -> dict:
+    """name -> a call that runs one contender on the same model and tokens. ``warm``: the
+    readouts reuse one workspace made beforehand (timing, as run_readout does across batches);
+    otherwise each call makes its own (memory: the workspace is part of the readout's peak)."""
     from transformer_lens.tools.analysis import logit_lens
 
     from hooklab.architectures import unembedding_weight
@@ -62,7 +64,9 @@ def _contenders(args, model, tokens) -> dict:
         args.layers * tokens.numel(), int(model.cfg.d_model), dtype=weight.dtype, device=args.device
     )
     # the workspace made once, as run_readout does across batches
-    workspace = Workspace.plan(d_vocab, args.layers, args.device, max_rows=tokens.numel())
+    workspace = (
+        Workspace.plan(d_vocab, args.layers, args.device, max_rows=tokens.numel()) if warm else None
+    )
     with torch.no_grad():
         resid = residual_stream(model, tokens).resid_post
     read = torch.ones_like(tokens, dtype=torch.bool)
@@ -89,9 +93,9 @@ def _inputs(args):
 def measure_memory(args) -> dict:
     """Run one contender once in this process; return its peak extra memory."""
     model, tokens = _inputs(args)
-    contender = _contenders(args, model, tokens)[args.measure]
+    contender = _contenders(args, model, tokens, warm=False)[args.measure]
     with torch.no_grad():
-        contender()  # warm
+        contender()  # warm (lazy initialisation); its memory is freed again
         sync(args.device)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -62,6 +62,7 @@ from hooklab.mechanism.figures import (
 )
 from hooklab.pair import ModelPair, load_pair
 from hooklab.parity import ParityReport, check_parity
+from hooklab.prompt_files import PromptColumns
 from hooklab.prompts import Prompt, load_prompts
 from hooklab.readout import ReadoutConfig, load_lenses, run_readout
 from hooklab.runs import ExecutionSpec, PairSpec, PromptSpec, RunSpec, load_spec, run_spec
@@ -119,6 +120,7 @@ __all__ = [
     "load_histories",
     "load_lenses",
     "load_prompts",
+    "PromptColumns",
     "load_spec",
     "make_histories",
     "register_experiment",
