@@ -119,12 +119,6 @@ class FinalDistribution:
     probs: Float[torch.Tensor, "n d_vocab"]
     top1: Int[torch.Tensor, " n"]
 
-    def rows(self, start: int, stop: int) -> FinalDistribution:
-        """The distribution at rows ``start:stop`` (views, no copy)."""
-        return FinalDistribution(
-            self.logprobs[start:stop], self.probs[start:stop], self.top1[start:stop]
-        )
-
 
 def _dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     # Row-wise dot product: multiply into scratch, then a pairwise sum (~100x more accurate

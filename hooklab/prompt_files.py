@@ -201,13 +201,14 @@ def prompt_files(source: Path, format: str = "auto") -> list[tuple[Path, str]]:
             f"prompts={str(source)!r}: the folder holds no *.jsonl, *.csv, *.parquet or *.arrow "
             "file."
         )
-    formats = {_format_of(p, format) for p in files}
+    found = [(p, _format_of(p, format)) for p in files]
+    formats = sorted({fmt for _, fmt in found})
     if len(formats) > 1:
         raise HooklabError(
-            f"prompts={str(source)!r}: the folder mixes formats {sorted(formats)}; point at one "
+            f"prompts={str(source)!r}: the folder mixes formats {formats}; point at one "
             "file or at a folder of one format (e.g. one split of a dataset)."
         )
-    return [(p, _format_of(p, format)) for p in files]
+    return found
 
 
 def read_rows(

@@ -106,6 +106,19 @@ def environment() -> dict[str, Any]:
     }
 
 
+#: The file beside a merged table that says what made it (written last: a run is finished
+#: when its folder holds one).
+MANIFEST = "manifest.json"
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
+    """A finished run's ``manifest.json`` as a dict, or ``None`` where there is none."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
 def write_table(
     frame: pd.DataFrame, out_dir: str | Path, name: str, manifest: dict[str, Any]
 ) -> Path:
@@ -115,7 +128,7 @@ def write_table(
     atomic_write(table_path, lambda tmp: frame.to_parquet(tmp, index=False))
     manifest = {**manifest, "table": table_path.name, "n_rows": len(frame)}
     atomic_write(
-        out_dir / "manifest.json",
+        out_dir / MANIFEST,
         lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, default=str)),
     )
     return table_path

@@ -19,6 +19,7 @@ from hooklab.experiment import PartInput, PlanEstimate
 from hooklab.prompts import prompt_set_hash
 from hooklab.runs.spec import RunSpec, load_spec
 from hooklab.runs.storage import PartStore, PromptPart, plan_parts, select_shard
+from hooklab.tables import MANIFEST
 
 __all__ = ["RunPlan", "plan_run", "run_spec", "run_shard", "merge_run", "run_info", "RUN_FILE"]
 
@@ -320,8 +321,7 @@ def merge_run(out_dir: str | Path) -> Path:
     kind = spec.kind
     # summaries first, the table and its manifest last: a merge that breaks half way (disk
     # full) leaves no manifest, so the folder never looks finished
-    for stale in ("manifest.json",):
-        (out / stale).unlink(missing_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
     kind.summarise(frame, out, spec.experiment_config())
     manifest = _manifest(spec, run, [store.marker(p) for p in parts])
     return write_table(frame, out, kind.table, manifest)
@@ -367,7 +367,7 @@ def _manifest(spec: RunSpec, run: dict, markers: list) -> dict[str, Any]:
 def run_info(out_dir: str | Path) -> str:
     """A readable summary of a run folder's manifest and parts."""
     out = Path(out_dir)
-    manifest_path = out / "manifest.json"
+    manifest_path = out / MANIFEST
     if not manifest_path.is_file():
         if (out / RUN_FILE).is_file():
             run = _read_json(out / RUN_FILE)

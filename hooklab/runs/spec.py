@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Literal
 from hooklab.config import Config
 from hooklab.errors import HooklabError
 from hooklab.experiment import Experiment, experiment_for_config, get_experiment
+from hooklab.prompt_files import PromptColumns
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,9 +164,7 @@ class PromptSpec(Config):
         return str(candidate.resolve()) if candidate.exists() else self.source
 
     @property
-    def columns(self) -> Any:
-        from hooklab.prompt_files import PromptColumns
-
+    def columns(self) -> PromptColumns:
         return PromptColumns(self.text_column, self.id_column, self.category_column)
 
     def load(self) -> list:

@@ -18,10 +18,10 @@ from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
 from hooklab.runs import load_spec, run_spec
 from hooklab.study.spec import StudySpec, load_study
+from hooklab.tables import MANIFEST
 
 __all__ = ["StudyRun", "run_study", "run_pair", "study_runs"]
 
-MANIFEST = "manifest.json"
 STUDY_FILE = "study.toml"
 
 

@@ -250,13 +250,9 @@ class Calibration:
 
 
 def _measured_seconds(run_dir: Path) -> float | None:
-    import json
+    from hooklab.tables import read_manifest
 
-    manifest = run_dir / "manifest.json"
-    if not manifest.is_file():
-        return None
-    parts = json.loads(manifest.read_text(encoding="utf-8")).get("parts", [])
-    seconds = [p.get("seconds") for p in parts]
+    seconds = [p.get("seconds") for p in (read_manifest(run_dir) or {}).get("parts", [])]
     if not seconds or any(not isinstance(x, int | float) for x in seconds):
         return None
     return float(sum(seconds))

@@ -15,6 +15,7 @@ from hooklab.study.claims import evaluate_claims
 from hooklab.study.figures import commitment_delay, write_study_figures
 from hooklab.study.spec import StudySpec
 from hooklab.study.tables import collect_tables, write_tables
+from hooklab.tables import MANIFEST
 from hooklab.viz.browser import find_browser, screenshot
 from hooklab.viz.report import _href, write_report
 
@@ -55,7 +56,7 @@ def write_study_outputs(study: StudySpec, *, pair_reports: bool = True) -> Path:
             runs = [
                 study.run_dir(pair, e)
                 for e in study.experiments
-                if (study.run_dir(pair, e) / "manifest.json").is_file()
+                if (study.run_dir(pair, e) / MANIFEST).is_file()
             ]
             if runs:
                 reports[pair.label] = write_report(

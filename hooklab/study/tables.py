@@ -6,13 +6,13 @@ runs' merged tables (``graft.parquet`` for per-prompt paired differences), never
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from hooklab.atomic import atomic_write_csv
 from hooklab.study.spec import StudySpec
+from hooklab.tables import MANIFEST, read_manifest
 
 __all__ = ["STUDY_TABLES", "collect_tables", "write_tables", "late_prompt_effects"]
 
@@ -31,11 +31,11 @@ def _finished(study: StudySpec, experiment: str) -> list[tuple[str, Path]]:
     if experiment not in study.experiments:
         return []
     runs = [(p.label, study.run_dir(p, experiment)) for p in study.pairs]
-    return [(label, folder) for label, folder in runs if (folder / "manifest.json").is_file()]
+    return [(label, folder) for label, folder in runs if (folder / MANIFEST).is_file()]
 
 
 def _lens(folder: Path) -> str:
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder) or {}
     return str(manifest.get("config", {}).get("lens", "logit"))
 
 
@@ -69,7 +69,7 @@ def late_prompt_effects(study: StudySpec, metric: str = "kl_to_final") -> pd.Dat
     frames = []
     for label, folder in _finished(study, "graft"):
         table = pd.read_parquet(folder / "graft.parquet")
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = read_manifest(folder) or {"config": {}}
         start = float(manifest["config"].get("late_start_depth", 0.75))
         late = late_layers(int(table["n_layers"].iloc[0]), start)
         rows = table[table["layer"].isin(late) & (table["mode"] != "none")]

@@ -16,13 +16,14 @@ from urllib.parse import quote
 from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
 from hooklab.experiment import get_experiment
+from hooklab.tables import MANIFEST
 from hooklab.viz.browser import find_browser, screenshot
 
 __all__ = ["write_figures", "write_report"]
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "manifest.json"
+    path = run_dir / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
