@@ -340,4 +340,7 @@ def boot_bridge(
             revision=source.revision,
             trust_remote_code=trust_remote_code,
         )
+    from hooklab.kv_cache import route_kv_cache
+
+    route_kv_cache(bridge)
     return bridge.eval()

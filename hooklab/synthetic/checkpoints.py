@@ -210,6 +210,7 @@ def build_model_from_config(
     """A TransformerBridge with random weights for any supported causal-LM config."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    from hooklab.kv_cache import route_kv_cache
     from hooklab.loading import no_runtime_installs
 
     model_class: Any = transformers.AutoModelForCausalLM._model_mapping[type(config)]
@@ -227,4 +228,5 @@ def build_model_from_config(
             device=device,
             dtype=dtype,
         )
+    route_kv_cache(bridge)
     return bridge.eval()
