@@ -37,7 +37,8 @@ def _pair_parity(pair, hf_sources: dict[str, str] | None) -> list[dict]:
     for side, model in pair.models().items():
         source = None if hf_sources is None else hf_sources[side]
         report = check_parity(model, tokens, hf_source=source)
-        rows.append({"side": side, **report.to_dict(), "ok": report.passed()})
+        failed = report.failures()
+        rows.append({"side": side, **report.to_dict(), "ok": not failed, "failed": failed})
     return rows
 
 
@@ -53,8 +54,20 @@ def _format_parity(rows: list[dict]) -> str:
     for row in rows:
         cells = " ".join(cell(row[name], width) for name, width in _COLUMNS)
         name = row.get("shape", row["family"])
-        lines.append(f"{name:<18} {row['side']:<4} {cells}  {'yes' if row['ok'] else 'NO'}")
+        verdict = "yes" if row["ok"] else "NO (" + ", ".join(row.get("failed", [])) + ")"
+        lines.append(f"{name:<18} {row['side']:<4} {cells}  {verdict}")
     return "\n".join(lines)
+
+
+def _exit_unless_ok(rows: list[dict]) -> None:
+    """Exit 1 when a parity figure is over its limit (a printed NO must not exit 0)."""
+    if not all(row["ok"] for row in rows):
+        typer.echo(
+            "\nparity FAILED: a figure marked NO is over its limit (docs/dependencies.md says "
+            "what each limit is and which library versions are tested).",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -180,6 +193,7 @@ def parity(
         out.mkdir(parents=True, exist_ok=True)
         (out / "parity.json").write_text(json.dumps(rows, indent=2))
         typer.echo(f"\nwrote {out / 'parity.json'}")
+    _exit_unless_ok(rows)
 
 
 @app.command()
@@ -216,7 +230,9 @@ def check(
     typer.echo(repr(loaded))
     typer.echo(loaded.compatibility.format() + "\n")
     sources = {"pt": loaded.pt_source.name_or_path, "it": loaded.it_source.name_or_path}
-    typer.echo(_format_parity(_pair_parity(loaded, sources if hf_parity else None)))
+    rows = _pair_parity(loaded, sources if hf_parity else None)
+    typer.echo(_format_parity(rows))
+    _exit_unless_ok(rows)
 
 
 def _load_pair_from_options(pair, pt, it, pt_revision, it_revision, dtype, device, trust):

@@ -11,6 +11,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "CheckpointUnavailableError",
     "PairMismatchError",
+    "GenerationCheckError",
 ]
 
 
@@ -36,3 +37,9 @@ class PairMismatchError(HooklabError):
     def __init__(self, message: str, differences: list[tuple[str, object, object]]):
         super().__init__(message)
         self.differences = differences
+
+
+class GenerationCheckError(HooklabError):
+    """Decoding through a bridge is not what the model computes: cached decoding differs from
+    uncached, or a history is not the model's own greedy continuation. Usually a library
+    version hooklab has not been tested with (see docs/dependencies.md)."""

@@ -32,11 +32,20 @@ every load: a few cached decoding steps must equal uncached ones.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 
-__all__ = ["BRIDGE_CACHE_NAME", "HF_CACHE_NAMES", "route_kv_cache", "cache_argument_name"]
+__all__ = [
+    "BRIDGE_CACHE_NAME",
+    "HF_CACHE_NAMES",
+    "route_kv_cache",
+    "cache_argument_name",
+    "CachedDecodingReport",
+    "check_cached_decoding",
+]
 
 #: The name TransformerLens 4's self-computing attention components read the KV cache under.
 BRIDGE_CACHE_NAME = "past_key_values"
@@ -111,3 +120,108 @@ def route_kv_cache(bridge: Any) -> int:
         model.register_forward_pre_hook(_to_declared_name(declared), with_kwargs=True)
     setattr(model, _ROUTED, routed)
     return routed
+
+
+@dataclass(frozen=True)
+class CachedDecodingReport:
+    """Cached against uncached decoding of one model on a teacher-forced probe.
+
+    Attributes:
+        family: the model's family.
+        dtype: its dtype.
+        steps: decoding steps compared after the prompt (per path).
+        bridge: max |logit difference| through the bridge's own forward (hooklab's decoder).
+        hugging_face: the same through the Hugging Face model's forward with its own cache
+            argument (what ``generate`` does, so greedy histories).
+        scale: largest |logit| compared.
+        limit: the difference accepted (:func:`hooklab.parity.tolerance_for`).
+    """
+
+    family: str
+    dtype: str
+    steps: int
+    bridge: float
+    hugging_face: float
+    scale: float
+    limit: float
+
+    @property
+    def ok(self) -> bool:
+        return self.bridge <= self.limit and self.hugging_face <= self.limit
+
+
+def _bridge_cached_logits(
+    model: Any, tokens: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"],
+    n_prompt: int,
+) -> Float[torch.Tensor, "batch steps d_vocab"]:  # fmt: skip
+    from hooklab.generation.decode import forward_step
+
+    positions = mask.cumsum(-1) - 1
+    logits, cache = forward_step(
+        model, tokens[:, :n_prompt], mask[:, :n_prompt], positions[:, :n_prompt], None,
+        use_cache=True,
+    )  # fmt: skip
+    rows = [logits[:, -1]]
+    for end in range(n_prompt + 1, tokens.shape[1]):
+        logits, cache = forward_step(
+            model, tokens[:, end - 1 : end], mask[:, :end], positions[:, end - 1 : end], cache,
+            use_cache=True,
+        )  # fmt: skip
+        rows.append(logits[:, -1])
+    return torch.stack(rows, dim=1)
+
+
+def _hf_cached_logits(
+    model: Any, tokens: Int[torch.Tensor, "batch pos"], n_prompt: int
+) -> Float[torch.Tensor, "batch steps d_vocab"]:
+    hf_model = model.original_model
+    name = cache_argument_name(type(hf_model).forward) or BRIDGE_CACHE_NAME
+    out = hf_model(input_ids=tokens[:, :n_prompt], use_cache=True)
+    cache, rows = getattr(out, name), [out.logits[:, -1]]
+    for end in range(n_prompt + 1, tokens.shape[1]):
+        out = hf_model(input_ids=tokens[:, end - 1 : end], use_cache=True, **{name: cache})
+        cache = getattr(out, name)
+        rows.append(out.logits[:, -1])
+    return torch.stack(rows, dim=1)
+
+
+def check_cached_decoding(
+    model: Any, tokens: Int[torch.Tensor, "batch pos"], *, steps: int = 3
+) -> CachedDecodingReport:
+    """Decode the last ``steps`` tokens of ``tokens`` one at a time with the KV cache (through
+    the bridge, with a left-padded row, and through the Hugging Face forward) and compare every
+    step's logits with one uncached forward pass of the whole sequence.
+
+    Teacher-forced, so a near tie cannot make the two paths diverge: on a correct stack the
+    differences are float rounding; with a cache that does not reach the attention they are of
+    the order of the logits themselves.
+    """
+    from hooklab.architectures import spec_for_model
+    from hooklab.parity import tolerance_for
+
+    n_prompt = tokens.shape[1] - steps
+    if n_prompt < 2:
+        raise ValueError(f"tokens: {tokens.shape[1]} tokens leave no prompt before {steps} steps")
+    # row 1 left-padded by two positions: the cache must also respect the attention mask
+    padded = tokens.clone()
+    padded[1:, :2] = tokens[0, 0]
+    mask = torch.ones_like(tokens)
+    mask[1:, :2] = 0
+    with torch.no_grad():
+        positions = mask.cumsum(-1) - 1
+        full = model(padded, attention_mask=mask, position_ids=positions.clamp_min(0))
+        want = full[:, n_prompt - 1 : -1].float()
+        bridge = _bridge_cached_logits(model, padded, mask, n_prompt).float()
+        hf_full = model.original_model(input_ids=tokens[:1]).logits[:, n_prompt - 1 : -1]
+        hf = _hf_cached_logits(model, tokens[:1], n_prompt).float()
+    dtype = str(model.cfg.dtype).removeprefix("torch.")
+    scale = float(want.abs().max())
+    return CachedDecodingReport(
+        family=spec_for_model(model).family,
+        dtype=dtype,
+        steps=steps,
+        bridge=float((bridge - want).abs().max()),
+        hugging_face=float((hf - hf_full.float()).abs().max()),
+        scale=scale,
+        limit=tolerance_for(dtype, scale),
+    )

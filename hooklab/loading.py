@@ -108,12 +108,14 @@ class CheckpointSource:
         revision: the revision asked for (branch, tag or commit), if any.
         is_local: whether ``name_or_path`` is a local folder.
         commit: the commit the hub resolved, when known (recorded in manifests).
+        gguf: the GGUF file this folder was converted from (:mod:`hooklab.gguf`), if any.
     """
 
     name_or_path: str
     revision: str | None = None
     is_local: bool = False
     commit: str | None = None
+    gguf: str | None = None
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -132,10 +134,17 @@ def resolve_source(
         raise CheckpointUnavailableError(f"{argument} is empty; pass a hub id or a local folder.")
     path = Path(name).expanduser()
     if path.exists():
+        from hooklab.gguf import convert_gguf, find_gguf
+
+        gguf_file = find_gguf(path, argument=argument)
+        if gguf_file is not None:
+            folder = convert_gguf(gguf_file, argument=argument)
+            return CheckpointSource(str(folder), None, is_local=True, gguf=str(gguf_file.resolve()))
         if not path.is_dir() or not (path / "config.json").is_file():
             raise CheckpointUnavailableError(
                 f"{argument}={name!r} exists but is not a checkpoint folder (no config.json in "
-                "it). Pass the folder that holds config.json, the weights and the tokenizer."
+                "it). Pass the folder that holds config.json, the weights and the tokenizer, or a "
+                "GGUF file."
             )
         return CheckpointSource(str(path.resolve()), revision, is_local=True)
     if isinstance(name_or_path, Path) or not _looks_like_hub_id(name):

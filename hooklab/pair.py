@@ -101,16 +101,8 @@ class ModelPair:
         """What a manifest records about the pair."""
         return {
             "family": self.family,
-            "pt": {
-                "id": self.pt_source.name_or_path,
-                "revision": self.pt_source.revision,
-                "commit": self.pt_source.commit,
-            },
-            "it": {
-                "id": self.it_source.name_or_path,
-                "revision": self.it_source.revision,
-                "commit": self.it_source.commit,
-            },
+            "pt": _describe_source(self.pt_source),
+            "it": _describe_source(self.it_source),
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "d_vocab": self.d_vocab,
@@ -127,11 +119,22 @@ class ModelPair:
         )
 
 
+def _describe_source(source: CheckpointSource) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "id": source.name_or_path,
+        "revision": source.revision,
+        "commit": source.commit,
+    }
+    if source.gguf is not None:  # the converted folder is a cache: the file is the identity
+        described.update(id=source.gguf, converted=source.name_or_path)
+    return described
+
+
 def _with_commit(source: CheckpointSource, config: Any) -> CheckpointSource:
     commit = getattr(config, "_commit_hash", None)
     if source.is_local or not commit:
         return source
-    return CheckpointSource(source.name_or_path, source.revision, False, commit)
+    return CheckpointSource(source.name_or_path, source.revision, False, commit, source.gguf)
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ def load_pair(
     trust_remote_code: bool = False,
     offload: str | None = None,
     check_adapter: bool = True,
+    check_generation: bool = True,
 ) -> ModelPair:
     """Load a PT/IT pair, refusing it before any weights load if the two cannot be compared.
 
@@ -268,6 +272,10 @@ def load_pair(
         check_adapter: after loading, check on a short probe that the architecture adapter's
             MLP path reproduces every ``hook_mlp_out`` and its readout the logits
             (:func:`check_adapter_on`; one forward pass of 8 tokens per side).
+        check_generation: after loading, check that cached decoding equals uncached decoding
+            on a short probe, through the bridge and through the Hugging Face forward
+            (:func:`check_generation_on`; 3 teacher-forced steps, about 10 small forward
+            passes per side).
 
     Raises:
         CheckpointUnavailableError: a folder is missing, the hub is unreachable, a model is
@@ -275,6 +283,8 @@ def load_pair(
         UnsupportedArchitectureError: a checkpoint is of a family hooklab has no adapter for.
         PairMismatchError: architecture, layer count, d_model, vocabulary size or tokenization
             differ; the message names each difference and both values.
+        GenerationCheckError: cached decoding differs from uncached (an untested library
+            version); the message names the family, the versions and the difference.
 
     Example:
         >>> pair = load_pair(pt="ckpt/pt", it="ckpt/it")  # doctest: +SKIP
@@ -305,6 +315,9 @@ def load_pair(
     if check_adapter:
         for side, model in models.items():
             check_adapter_on(model, checked.tokenizer, side=side)
+    if check_generation:
+        for side, model in models.items():
+            check_generation_on(model, checked.tokenizer, side=side)
     return ModelPair(
         pt=models["pt"],
         it=models["it"],
@@ -335,19 +348,57 @@ def check_adapter_on(model: Bridge, tokenizer: Any, *, side: str = "model") -> N
     """
     from hooklab.architectures import model_device
     from hooklab.errors import UnsupportedArchitectureError
-    from hooklab.parity import TOLERANCE, check_parity, probe_tokens
+    from hooklab.parity import check_parity, probe_tokens
 
     tokens = probe_tokens(tokenizer, model_device(model))[:1, :ADAPTER_PROBE_TOKENS]
     report = check_parity(model, tokens)
-    tolerance = TOLERANCE.get(report.dtype, TOLERANCE["float32"])
-    for check, value in (
-        ("MLP path vs hook_mlp_out", report.mlp_path),
-        ("readout vs logits", report.readout),
+    limits = report.limits()
+    for check, name in (
+        ("MLP path vs hook_mlp_out", "mlp_path"),
+        ("readout vs logits", "readout"),
     ):
+        value, tolerance = getattr(report, name), limits[name]
         if not value <= tolerance:
             raise UnsupportedArchitectureError(
                 f"{side}: hooklab's {report.family} adapter does not reproduce this checkpoint "
-                f"({check}: max difference {value:.3g} > {tolerance:g} in {report.dtype}); its "
+                f"({check}: max difference {value:.3g} > {tolerance:.3g} in {report.dtype}); its "
                 "config may use a feature the adapter does not model. Report it with the "
                 "checkpoint's config.json, or load with check_adapter=False at your own risk."
             )
+
+
+#: Teacher-forced decoding steps of the load-time generation check.
+GENERATION_PROBE_STEPS = 3
+
+
+def check_generation_on(model: Bridge, tokenizer: Any, *, side: str = "model") -> None:
+    """Refuse a model whose cached decoding is not its uncached decoding.
+
+    Every history, the native condition and every behave / steer arm decode with the KV cache;
+    a cache that does not reach the attention (transformers 5.24 with TransformerLens 4.3
+    before :mod:`hooklab.kv_cache`) makes them silently wrong. On a short probe (two rows, one
+    left-padded), :func:`~hooklab.kv_cache.check_cached_decoding` decodes the last
+    :data:`GENERATION_PROBE_STEPS` tokens with the cache and compares their logits with one
+    uncached pass, within :func:`~hooklab.parity.tolerance_for` of the dtype.
+
+    Raises:
+        GenerationCheckError: naming the side, the family, the versions and the difference.
+    """
+    from hooklab.architectures import model_device
+    from hooklab.errors import GenerationCheckError
+    from hooklab.kv_cache import check_cached_decoding
+    from hooklab.parity import probe_tokens
+    from hooklab.versions import stack_versions
+
+    tokens = probe_tokens(tokenizer, model_device(model))[:2, : ADAPTER_PROBE_TOKENS + 2]
+    report = check_cached_decoding(model, tokens, steps=GENERATION_PROBE_STEPS)
+    if not report.ok:
+        raise GenerationCheckError(
+            f"{side}: cached decoding differs from uncached decoding on this stack "
+            f"({report.family}, {report.dtype}; {stack_versions()}): max |logit difference| "
+            f"{report.bridge:.3g} through the bridge and {report.hugging_face:.3g} through "
+            f"Hugging Face's forward over {report.steps} steps, limit {report.limit:.3g} "
+            f"(logits up to {report.scale:.3g}). Every generated history and response would be "
+            "wrong. Install the tested versions (pip install -c requirements-lock.txt ...; "
+            "see docs/dependencies.md), or load with check_generation=False to inspect it."
+        )

@@ -35,6 +35,7 @@ __all__ = [
     "chat_prompt_ids",
     "stop_token_ids",
     "greedy_continuations",
+    "check_own_greedy",
 ]
 
 #: End-of-turn markers of the six families' chat templates (used as extra stop tokens).
@@ -218,5 +219,41 @@ def greedy_continuations(
             if token in stop_ids:
                 new = new[: i + 1]
                 break
+        check_own_greedy(model, list(ids), new)
         out.append(new)
     return out
+
+
+def check_own_greedy(model: Bridge, prompt_ids: Sequence[int], response: Sequence[int]) -> None:
+    """Refuse a response that is not the model's own greedy continuation of the prompt.
+
+    One uncached forward pass of prompt + response: every response token must be the top
+    token at the position before it (its teacher rank 0 at the last layer), up to the float
+    rounding of its dtype (:func:`~hooklab.parity.tolerance_for`, as a margin below the top
+    logit). Costs one pass per history, against one per generated token for the generation.
+
+    Raises:
+        GenerationCheckError: naming the first position where it is not, and the versions.
+    """
+    from hooklab.errors import GenerationCheckError
+    from hooklab.parity import tolerance_for
+    from hooklab.versions import stack_versions
+
+    if not response:
+        return
+    tokens = torch.tensor([[*prompt_ids, *response]], device=model_device(model))
+    with torch.no_grad():
+        logits = model(tokens, use_cache=False)[0, len(prompt_ids) - 1 : -1].float()
+    chosen = logits.gather(-1, torch.tensor(list(response), device=logits.device)[:, None])[:, 0]
+    shortfall = logits.max(dim=-1).values - chosen
+    limit = tolerance_for(str(model.cfg.dtype).removeprefix("torch."), float(logits.abs().max()))
+    bad = (shortfall > limit).nonzero()
+    if len(bad):
+        step = int(bad[0])
+        raise GenerationCheckError(
+            f"a generated history is not the model's own greedy decoding: response token "
+            f"{step} ({response[step]}) is {float(shortfall[step]):.3g} below the top logit "
+            f"(limit {limit:.3g}) when the prompt and response are read again without the "
+            f"KV cache ({stack_versions()}). Stopping before any result is computed on it; "
+            "install the tested versions (docs/dependencies.md)."
+        )

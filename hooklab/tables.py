@@ -20,6 +20,7 @@ import pandas as pd
 from hooklab.atomic import atomic_write
 from hooklab.conditions import ReadSequence
 from hooklab.stream import LensReadout
+from hooklab.versions import library_versions
 
 __all__ = ["readout_frame", "environment", "write_table"]
 
@@ -82,24 +83,11 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    names = ("hooklab", "torch", "transformers", "transformer-lens", "numpy", "pandas", "pyarrow")
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def environment() -> dict[str, Any]:
     """Where and with what a result was made: time, package versions, git commit, host."""
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": _versions(),
+        "versions": library_versions(),
         "git_commit": _git_commit(),
         "host": platform.node(),
         "python": platform.python_version(),

