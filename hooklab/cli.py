@@ -70,79 +70,53 @@ def _exit_unless_ok(rows: list[dict]) -> None:
         raise typer.Exit(1)
 
 
+PairOption = Annotated[str | None, typer.Option("--pair", help="Paper pair name, e.g. gemma3-4b.")]
+PtOption = Annotated[str | None, typer.Option("--pt", help="PT hub id or folder.")]
+ItOption = Annotated[str | None, typer.Option("--it", help="IT hub id or folder.")]
+PtRevision = Annotated[str | None, typer.Option(help="PT revision (branch, tag, commit).")]
+ItRevision = Annotated[str | None, typer.Option(help="IT revision (branch, tag, commit).")]
+DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any).")]
+TrustOption = Annotated[bool, typer.Option(help="Run modelling code shipped with a checkpoint.")]
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("hooklab-demo"),
     prompts: Annotated[str, typer.Option(help="JSONL prompt file, or 'builtin'.")] = "builtin",
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    pair: Annotated[
+        str | None, typer.Option("--pair", help="Paper pair name (default: the embedded pair).")
+    ] = None,
+    pt: PtOption = None,
+    it: ItOption = None,
+    dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
+    trust_remote_code: TrustOption = False,
 ) -> None:
-    """The main job on the embedded pair: native and same-history readouts, a late / mid /
-    early graft sweep with the random control, figures, token views and a report."""
-    import pandas as pd
+    """The main job on a pair (default: the embedded one): native and same-history readouts, a
+    late / mid / early graft sweep with the random control, figures, token views and a report."""
+    from hooklab.demo import compare, run_demo
+    from hooklab.runs import PairSpec
 
-    from hooklab.graft.histories import load_histories
-    from hooklab.graft.sweep import GraftConfig
-    from hooklab.pair import load_pair
-    from hooklab.readout import ReadoutConfig
-    from hooklab.runs import ExecutionSpec, PairSpec, PromptSpec, RunSpec, run_spec
-    from hooklab.viz.report import write_report
-    from hooklab.viz.tokens import safe_filename, write_token_view
-
-    pair = load_pair("tiny", device=device)
-    typer.echo(f"embedded pair: {pair!r}\n{pair.compatibility.format()}\n")
-    common: dict[str, Any] = dict(
-        pair=PairSpec(name="tiny", device=device),
-        prompts=PromptSpec(source=prompts, limit=limit),
-        execution=ExecutionSpec(part_size=20),
+    embedded = pair is None and pt is None and it is None
+    spec = PairSpec(
+        name="tiny" if embedded else pair,
+        pt=pt,
+        it=it,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
     )
-    readout_dir, graft_dir = out / "readout", out / "graft"
-    readout_config = ReadoutConfig(conditions=("native", "same_history"), max_new_tokens=16)
-    run_spec(RunSpec(experiment="readout", out=str(readout_dir), config=readout_config, **common))
-    # the graft is teacher-forced on the readout's own IT responses: generated once
-    graft_config = GraftConfig(windows="late,mid,early", max_new_tokens=16)
-    run_spec(
-        RunSpec(
-            experiment="graft",
-            out=str(graft_dir),
-            config=graft_config,
-            histories=str(readout_dir),
-            **common,
-        )
-    )
-    table = pd.read_parquet(readout_dir / "readout.parquet")
-    histories = {h.prompt_id: h for h in load_histories(readout_dir)}
-    views, views_dir = [], out / "token_views"
-    for index, prompt_id in enumerate(list(dict.fromkeys(table["prompt_id"].astype(str)))[:5]):
-        path = write_token_view(
-            views_dir / f"{safe_filename(prompt_id, index)}.html",
-            pair.tokenizer,
-            table,
-            prompt_id,
-            "same_history",
-            pair=pair,
-            tokens=histories[prompt_id].tokens,
-            folder=views_dir,
-        )
-        views.append((prompt_id, path))
-    report = write_report(
-        out,
-        [readout_dir, graft_dir],
-        token_views=views,
-        title="hooklab demo: the embedded PT/IT pair",
-    )
-    gap = pd.read_csv(readout_dir / "convergence_gap.csv")
-    effects = pd.read_csv(graft_dir / "effects.csv")
-    for row in gap[gap["region"] == "late"].itertuples():
-        typer.echo(
-            f"convergence gap (IT - PT late-region KL), {row.condition}: {row.mean:+.3f} "
-            f"nats [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-        )
-    for row in effects[effects["window"] == "late"].itertuples():
-        typer.echo(
-            f"late {row.mode} graft {row.direction}: {row.mean:+.3f} nats "
-            f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-        )
+    result = run_demo(spec, out, prompts=prompts, limit=limit, echo=typer.echo)
+    for headline in result.headlines:
+        typer.echo(headline.format())
+    if embedded and prompts == "builtin":
+        differences = compare(result.headlines, limit=limit)
+        for line in differences:
+            typer.echo(line, err=True)
+        if not differences:
+            typer.echo("(the numbers hooklab states for its locked versions: the same)")
     from hooklab.viz.browser import find_browser
 
     if find_browser() is None:
@@ -150,7 +124,7 @@ def demo(
             "(no Chromium found, so the figures were written as HTML only; for PNG copies "
             "install Debian's chromium: apt-get install chromium)"
         )
-    typer.echo(f"\nopen {report} in a browser (figures and token views work offline)")
+    typer.echo(f"\nopen {result.report} in a browser (figures and token views work offline)")
 
 
 @app.command()
@@ -249,15 +223,6 @@ def _load_pair_from_options(pair, pt, it, pt_revision, it_revision, dtype, devic
         trust_remote_code=trust,
     )
 
-
-PairOption = Annotated[str | None, typer.Option("--pair", help="Paper pair name, e.g. gemma3-4b.")]
-PtOption = Annotated[str | None, typer.Option("--pt", help="PT hub id or folder.")]
-ItOption = Annotated[str | None, typer.Option("--it", help="IT hub id or folder.")]
-PtRevision = Annotated[str | None, typer.Option(help="PT revision (branch, tag, commit).")]
-ItRevision = Annotated[str | None, typer.Option(help="IT revision (branch, tag, commit).")]
-DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
-DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if any).")]
-TrustOption = Annotated[bool, typer.Option(help="Run modelling code shipped with a checkpoint.")]
 
 
 ShardOption = Annotated[

@@ -50,9 +50,13 @@ def test_families_lists_every_paper_pair(capsys):
 def test_demo_runs_the_main_job_on_the_embedded_pair(tmp_path, capsys):
     import re
 
-    assert main(["demo", "--out", str(tmp_path), "--limit", "6"]) == 0
-    printed = capsys.readouterr().out
+    # the whole demo, as README command 1 runs it: its numbers are the ones hooklab ships
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "convergence gap (IT - PT late-region KL), native" in printed
+    assert "the numbers hooklab states for its locked versions: the same" in printed
+    assert "DIFFER" not in captured.err
     assert "late random graft it-to-pt" in printed and "report.html" in printed
     report = (tmp_path / "report.html").read_text()
     for name in ("convergence", "commitment", "heatmap", "graft_effects"):
@@ -81,3 +85,28 @@ def test_demo_runs_the_main_job_on_the_embedded_pair(tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "again" / "report.html").is_file()
+
+
+def test_demo_says_loudly_when_its_numbers_differ_from_the_shipped_ones(monkeypatch):
+    from hooklab import demo
+
+    shipped = demo.expected_headlines()
+    found = tuple(
+        demo.Headline(key, key, *values) for key, values in shipped["headlines"].items()
+    )
+    assert demo.compare(found, limit=None) == []
+    assert demo.compare(found[:1], limit=6) == []  # another prompt set: not comparable
+    moved = (demo.Headline(found[0].key, "x", found[0].mean + 0.01, 0.0, 1.0), *found[1:])
+    lines = demo.compare(moved, limit=None)
+    assert lines[0].startswith("!! These numbers DIFFER") and "transformers" in lines[0]
+    assert found[0].key in lines[1] and len(lines) == 2
+
+
+def test_demo_runs_on_any_pair_given_as_pt_and_it(tiny_pair, tmp_path, capsys):
+    tiny = tiny_pair("qwen3")
+    args = ["demo", "--pt", str(tiny.pt), "--it", str(tiny.it), "--out", str(tmp_path)]
+    assert main([*args, "--limit", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "late module graft it-to-pt" in captured.out
+    assert "locked versions" not in captured.out + captured.err  # no shipped numbers to compare
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "graft" / "effects.csv").is_file()

@@ -49,3 +49,53 @@ def test_nothing_points_outside_the_repository():
     ]:
         text = path.read_text()
         assert "DESIGN" + ".md" not in text and "../" + "shared" not in text, path
+
+
+def _lock() -> dict[str, str]:
+    lines = (ROOT / "requirements-lock.txt").read_text().splitlines()
+    pins = [line.split("==") for line in lines if "==" in line and not line.startswith("#")]
+    return {name.lower().replace("_", "-"): version for name, version in pins}
+
+
+def test_both_commands_install_the_locked_versions_within_the_tested_bounds():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    for command in _bash_blocks()[:2]:
+        assert "-c requirements-lock.txt" in command
+    lock = _lock()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        name = requirement.name.lower()
+        assert name in lock, f"{name} is not in requirements-lock.txt"
+        assert requirement.specifier.contains(lock[name]), (name, lock[name], line)
+        if name in ("torch", "transformers", "transformer-lens"):
+            assert "<" in str(requirement.specifier), f"{name} needs a tested upper bound"
+
+
+def test_readme_states_the_demo_numbers_hooklab_ships_for_the_locked_versions():
+    from hooklab.demo import expected_headlines
+
+    expected = expected_headlines()
+    assert expected["versions"] == {
+        k: _lock()[k] for k in ("torch", "transformers", "transformer-lens")
+    }
+    values = expected["headlines"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+
+    def ci(key: str) -> str:
+        mean, low, high = values[key]
+        return f"{mean:+.2f} nats [{low:.2f}, {high:.2f}]"
+
+    for stated in (
+        f"convergence gap {ci('gap/native')}, native",
+        f"graft raises late KL ({ci('graft/module/it-to-pt')})",
+        f"random control ({values['graft/random/it-to-pt'][0]:+.2f})",
+        f"lowers it ({values['graft/module/pt-to-it'][0]:+.2f} nats; "
+        f"random {values['graft/random/pt-to-it'][0]:+.2f})",
+    ):
+        assert stated in readme, stated
