@@ -224,7 +224,6 @@ def _load_pair_from_options(pair, pt, it, pt_revision, it_revision, dtype, devic
     )
 
 
-
 ShardOption = Annotated[
     str | None, typer.Option(help="Run only shard i/n of the parts (e.g. 0/4).")
 ]

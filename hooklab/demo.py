@@ -125,7 +125,9 @@ def headlines(readout_dir: Path, graft_dir: Path) -> tuple[Headline, ...]:
         Headline(
             f"gap/{r.condition}",
             f"convergence gap (IT - PT late-region KL), {r.condition}",
-            float(r.mean), float(r.ci_low), float(r.ci_high),
+            float(r.mean),
+            float(r.ci_low),
+            float(r.ci_high),
         )  # fmt: skip
         for r in gap[gap["region"] == "late"].itertuples()
     ]
@@ -133,7 +135,9 @@ def headlines(readout_dir: Path, graft_dir: Path) -> tuple[Headline, ...]:
         Headline(
             f"graft/{r.mode}/{r.direction}",
             f"late {r.mode} graft {r.direction}",
-            float(r.mean), float(r.ci_low), float(r.ci_high),
+            float(r.mean),
+            float(r.ci_low),
+            float(r.ci_high),
         )  # fmt: skip
         for r in effects[effects["window"] == "late"].itertuples()
     ]

@@ -87,13 +87,11 @@ def test_demo_runs_the_main_job_on_the_embedded_pair(tmp_path, capsys):
     assert (tmp_path / "again" / "report.html").is_file()
 
 
-def test_demo_says_loudly_when_its_numbers_differ_from_the_shipped_ones(monkeypatch):
+def test_demo_says_loudly_when_its_numbers_differ_from_the_shipped_ones():
     from hooklab import demo
 
     shipped = demo.expected_headlines()
-    found = tuple(
-        demo.Headline(key, key, *values) for key, values in shipped["headlines"].items()
-    )
+    found = tuple(demo.Headline(key, key, *values) for key, values in shipped["headlines"].items())
     assert demo.compare(found, limit=None) == []
     assert demo.compare(found[:1], limit=6) == []  # another prompt set: not comparable
     moved = (demo.Headline(found[0].key, "x", found[0].mean + 0.01, 0.0, 1.0), *found[1:])

@@ -59,7 +59,6 @@ def _lock() -> dict[str, str]:
 
 def test_both_commands_install_the_locked_versions_within_the_tested_bounds():
     import tomllib
-
     from packaging.requirements import Requirement
 
     for command in _bash_blocks()[:2]:
