@@ -98,3 +98,13 @@ def test_readme_states_the_demo_numbers_hooklab_ships_for_the_locked_versions():
         f"random {values['graft/random/pt-to-it'][0]:+.2f})",
     ):
         assert stated in readme, stated
+
+
+def test_the_embedded_pair_records_the_versions_it_was_verified_with():
+    import json
+
+    training = json.loads((ROOT / "data" / "tiny-pair" / "training.json").read_text())
+    lock = _lock()
+    verified = training["verified_with"]["versions"]
+    assert verified == {k: lock[k] for k in ("torch", "transformers", "transformer-lens")}
+    assert "built_with" in training

@@ -291,6 +291,9 @@ def build_demo_pair(
     model.save_pretrained(out / "it")
     tokenizer.save_pretrained(out / "it")
     report["seconds"] = round(time.time() - started, 1)
+    from hooklab.versions import library_versions
+
+    report["built_with"] = library_versions()
     (out / "training.json").write_text(json.dumps(report, indent=2))
     return report
 
