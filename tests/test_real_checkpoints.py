@@ -31,6 +31,8 @@ from hooklab.parity import check_parity, probe_tokens
 from hooklab.prompts import Prompt, chat_prompt_ids, stop_token_ids
 from hooklab.readout import ReadoutConfig, run_readout
 
+pytestmark = pytest.mark.canary  # .ci/canary runs these on the newest and oldest transformers
+
 LATE = range(22, 30)  # the MLPs perturbed in the PT side (SmolLM2-135M has 30 layers)
 PROMPTS = [
     Prompt("thanks", "Write a short thank-you note to a neighbour."),
