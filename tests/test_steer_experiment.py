@@ -192,3 +192,28 @@ def test_end_to_end_run_report_and_direction_file(tmp_path, tiny_pair, capsys):
     assert "Direction specificity" in report
     figures = {p.name for p in (tmp_path / "report").rglob("*.html")}
     assert {"dose_response.html", "direction_stability.html", "direction_lens.html"} <= figures
+
+
+def test_end_of_turn_is_the_template_marker_not_any_stop_token(steer_part):
+    """steer scores ``end_of_turn`` as behave does: ``<eos>`` (PT's document end) is not the
+    template's ``<end_of_turn>``."""
+    from types import SimpleNamespace
+
+    from hooklab.experiments.steer import _score_rows
+    from hooklab.prompts import ends_turn
+
+    tokenizer = steer_part.pair.tokenizer
+    eos, eot = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert eos != eot
+    body = tokenizer("Paris is a city", add_special_tokens=False)["input_ids"]
+    arm = parse_steer_arm("pt-inject", "mlp_out")
+    for last, expected in ((eos, 0.0), (eot, 1.0)):
+        ids = (*body, last)
+        output = SimpleNamespace(token_ids=ids, stop_reason="eot", n_tokens=len(ids))
+        outputs = {
+            (p.id, a): output for p in steer_part.prompts for a in steer_part.config.alpha_grid
+        }
+        rows, _ = _score_rows(steer_part, arm, outputs)
+        values = {value for _, _, name, _, value in rows if name == "end_of_turn"}
+        assert values == {expected}
+        assert ends_turn(ids, tokenizer) is bool(expected)

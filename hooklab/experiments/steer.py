@@ -43,7 +43,7 @@ from hooklab.experiment import Experiment, PartInput, PlanEstimate, register_exp
 from hooklab.experiments._html import csv_table, heading
 from hooklab.generation import generate
 from hooklab.graft.histories import check_histories, load_histories, make_histories, save_histories
-from hooklab.prompts import chat_prompt_ids, raw_prompt_ids, stop_token_ids
+from hooklab.prompts import chat_prompt_ids, ends_turn, raw_prompt_ids, stop_token_ids
 from hooklab.steering import steering_hooks
 from hooklab.steering.dose import (
     dose_response,
@@ -172,7 +172,7 @@ def _score_rows(part: PartInput[SteerConfig], arm: SteerArm, outputs: dict) -> t
                 category=known.category if known else prompt.category,
                 prompt_text=prompt.text,
                 text=text,
-                ended_with_eot=output.stop_reason == "eot",
+                ended_with_eot=ends_turn(output.token_ids, pair.tokenizer),  # not any stop token
                 n_tokens=output.n_tokens,
                 token_ids=output.token_ids,
                 expected=known.expected if known else None,
