@@ -217,3 +217,24 @@ def test_end_of_turn_is_the_template_marker_not_any_stop_token(steer_part):
         values = {value for _, _, name, _, value in rows if name == "end_of_turn"}
         assert values == {expected}
         assert ends_turn(ids, tokenizer) is bool(expected)
+
+
+def test_dose_response_and_slopes_resample_in_prompt_id_order():
+    """The CI of dose_response.csv / slopes.csv must not depend on the table's row order."""
+    from hooklab.steering.dose import dose_response
+
+    rng = np.random.default_rng(3)
+    ids = [f"p{i:02d}" for i in range(12)]
+    scores = pd.DataFrame(
+        [
+            {"prompt_id": p, "arm": "it", "alpha": a, "measure": "governance", "value": v}
+            for p in ids
+            for a, v in zip((0.0, 1.0, 2.0), rng.normal(size=3), strict=True)
+        ]
+    )
+    shuffled = scores.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    pd.testing.assert_frame_equal(dose_response(scores, seed=1), dose_response(shuffled, seed=1))
+    slopes = prompt_slopes(scores)
+    pd.testing.assert_frame_equal(
+        slope_table(slopes, seed=1), slope_table(slopes.iloc[::-1].reset_index(drop=True), seed=1)
+    )

@@ -38,7 +38,7 @@ from hooklab.graft.engine import DIRECTIONS
 from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.metrics import Workspace, late_layers
-from hooklab.stats import bootstrap_mean_ci
+from hooklab.stats import bootstrap_mean_ci, in_prompt_order
 from hooklab.stream import read_variants
 from hooklab.types import Bridge
 
@@ -273,6 +273,7 @@ def patching_summary(table: pd.DataFrame, *, seed: int = 0, level: float = 0.95)
     window)."""
     rows = []
     keys = ["direction", "component", "window", "layer", "window_start", "window_end"]
+    table = in_prompt_order(table)  # bootstrap in prompt-id order
     for key, group in table.groupby(keys, sort=False, observed=True):
         for metric in ("delta_late_kl", "delta_teacher_logprob"):
             ci = bootstrap_mean_ci(group[metric].to_numpy(), seed=seed, level=level)

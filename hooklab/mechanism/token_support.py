@@ -38,7 +38,7 @@ from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.mechanism.token_classes import CLASS_NAMES, DYNAMIC_CLASSES, classify_vocabulary
 from hooklab.metrics import late_layers
-from hooklab.stats import bootstrap_mean_ci
+from hooklab.stats import bootstrap_mean_ci, in_prompt_order
 
 __all__ = ["TokenSupport", "class_log_mass", "token_support", "resolve_window"]
 
@@ -88,7 +88,8 @@ class TokenSupport:
         """Per quantity, the mean over prompts of ``delta_late`` and ``delta_final`` with
         bootstrap CIs (prompts are the units)."""
         rows = []
-        for quantity, group in self.per_prompt.groupby("quantity", sort=False, observed=True):
+        per_prompt = in_prompt_order(self.per_prompt)  # bootstrap in prompt-id order
+        for quantity, group in per_prompt.groupby("quantity", sort=False, observed=True):
             for column in ("delta_late", "delta_final"):
                 ci = bootstrap_mean_ci(group[column].to_numpy(), seed=seed, level=level)
                 rows.append(
