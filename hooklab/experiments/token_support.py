@@ -26,6 +26,8 @@ from hooklab.graft.engine import DIRECTIONS
 from hooklab.graft.windows import parse_windows
 from hooklab.mechanism.token_classes import CLASS_NAMES, DYNAMIC_CLASSES, classify_vocabulary
 from hooklab.mechanism.token_support import token_support
+from hooklab.metrics import LATE_START_DEPTH
+from hooklab.stats import in_prompt_order
 from hooklab.types import Direction
 
 __all__ = ["TokenSupportConfig", "TokenSupportExperiment"]
@@ -52,7 +54,7 @@ class TokenSupportConfig(Config):
     """Length cap of IT's greedy responses (the shared histories)."""
     batch_size: int = 4
     """Histories per forward pass."""
-    late_start_depth: float = 0.75
+    late_start_depth: float = LATE_START_DEPTH
     """First depth (layer / (L - 1)) of the late region read; the final layer is never in it."""
     top_k: int = 10
     """Most promoted and suppressed tokens listed."""
@@ -142,8 +144,9 @@ class TokenSupportExperiment(Experiment[TokenSupportConfig]):
 
     def summarise(self, frame: pd.DataFrame, out: Path, config: TokenSupportConfig) -> list[Path]:
         keys = ["direction", "mode", "window", "quantity"]
+        keys += ["late_layers"] if "late_layers" in frame else []  # the read-out region
         rows = []
-        for key, group in plain(frame).groupby(keys, sort=False):
+        for key, group in in_prompt_order(plain(frame)).groupby(keys, sort=False):
             for metric in ("delta_late", "delta_final"):
                 rows.append(
                     dict(zip(keys, key, strict=True))

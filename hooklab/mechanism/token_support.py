@@ -37,7 +37,7 @@ from hooklab.graft.engine import DIRECTIONS, graft_hooks, module_change_norms
 from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.mechanism.token_classes import CLASS_NAMES, DYNAMIC_CLASSES, classify_vocabulary
-from hooklab.metrics import late_layers
+from hooklab.metrics import LATE_START_DEPTH, late_layers, layers_label
 from hooklab.stats import bootstrap_mean_ci, in_prompt_order
 
 __all__ = ["TokenSupport", "class_log_mass", "token_support", "resolve_window"]
@@ -123,7 +123,7 @@ def token_support(
     direction: str = "it-to-pt",
     mode: str = "module",
     codes: np.ndarray | None = None,
-    late_start_depth: float = 0.75,
+    late_start_depth: float = LATE_START_DEPTH,
     top_k: int = 10,
     batch_size: int = 4,
     chunk_rows: int = 64,
@@ -259,7 +259,7 @@ def _per_prompt(layers: pd.DataFrame, late: list[int], n_layers: int) -> pd.Data
     delta_late = late_rows.groupby(keys, sort=False)["delta"].mean().rename("delta_late")
     final = layers[layers["layer"] == n_layers - 1].set_index(keys)
     out = pd.concat([delta_late, final["delta"].rename("delta_final"), final["n_tokens"]], axis=1)
-    return out.reset_index()
+    return out.reset_index().assign(late_layers=layers_label(late))
 
 
 def _top_tokens(mean_delta: torch.Tensor, codes, tokenizer, top_k: int) -> pd.DataFrame:
