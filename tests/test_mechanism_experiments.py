@@ -117,7 +117,7 @@ def test_a_pair_with_itself_has_no_opposition_or_entropy_difference(tmp_path):
     )
     assert set(late["component"]) == {"attn", "mlp", "block"}
     assert (late[["mean", "ci_low", "ci_high"]] == 0).all().all()
-    assert (late["late_layers"].astype(str) == "4").all()  # depth >= 0.75 of 6 layers, final excluded
+    assert (late["late_layers"].astype(str) == "4").all()  # 6 layers: final excluded
     run_dir = _run(
         tmp_path, "attention-entropy", AttentionEntropyConfig(max_new_tokens=3), _self_pair()
     ).parent
