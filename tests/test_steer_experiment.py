@@ -238,3 +238,31 @@ def test_dose_response_and_slopes_resample_in_prompt_id_order():
     pd.testing.assert_frame_equal(
         slope_table(slopes, seed=1), slope_table(slopes.iloc[::-1].reset_index(drop=True), seed=1)
     )
+
+
+def test_directions_rebuild_from_the_run_folders_calibration_histories(tmp_path):
+    """The calibration histories are saved in OUT/directions/ and accepted back: the same
+    directions (and random control) come out of them, bit for bit."""
+    from hooklab.experiments.steer import _promote_directions
+    from hooklab.steering.sweep import (
+        CALIBRATION_HISTORIES,
+        prepare_directions,
+        write_direction_set,
+    )
+
+    pair = hooklab.load_pair("tiny")
+    config = SteerConfig(calibration=3, history_tokens=4, behaviour="tiny")
+    context = prepare_directions(pair, config)
+    write_direction_set(context, tmp_path, "part-00000")
+    _promote_directions(tmp_path)
+    saved = tmp_path / "directions" / CALIBRATION_HISTORIES
+    assert saved.is_file()
+    again = prepare_directions(
+        pair, SteerConfig(calibration_histories=str(saved), history_tokens=4, behaviour="tiny")
+    )
+    assert again["digest"] == context["digest"]
+    for name, directions in context["sets"].items():
+        assert torch.equal(again["sets"][name].vectors, directions.vectors), name
+    assert [h.prompt_id for h in again["calibration_histories"]] == [
+        h.prompt_id for h in context["calibration_histories"]
+    ]
