@@ -103,3 +103,38 @@ def test_worked_example_gives_the_figure_it_states(tmp_path):
     )
     measured = re.search(r"RESULT (\S+)", result.stdout).group(1)  # type: ignore[union-attr]
     assert measured == stated.group(1).replace("−", "-")
+
+
+def _definitions() -> str:
+    return (DOCS / "definitions.md").read_text()
+
+
+def test_definitions_cover_every_experiment():
+    from hooklab.experiment import registered_experiments
+
+    text = _definitions()
+    headings = re.findall(r"^## \d+\. (.*)$", text, flags=re.M)
+    for name in registered_experiments():
+        assert f"`hooklab {name}`" in text or name in ("readout", "graft", "behave"), name
+    for topic in ("Opposition", "Attention entropy", "Token support", "Component patching"):
+        assert any(h.startswith(topic) for h in headings), topic
+    for topic in ("Weight change", "Steering", "Behaviour scorers", "The study's claims"):
+        assert any(h.startswith(topic) for h in headings), topic
+
+
+def test_definitions_give_every_scorer_rule_and_pattern_in_full():
+    import hooklab.behaviour  # noqa: F401  (registers the scorers)
+    from hooklab.behaviour.scorers import REFUSAL_PATTERNS, SCORERS
+    from hooklab.mechanism.token_classes import FUNCTION_WORDS
+
+    text = _definitions()
+    section = text.split("## 18. Behaviour scorers", 1)[1].split("\n## ", 1)[0]
+    for name in SCORERS:
+        assert f"* **`{name}`**" in section, name
+    for pattern in REFUSAL_PATTERNS:
+        assert pattern.pattern in section, pattern.pattern
+    assert "…" not in section
+    flat = " ".join(text.split())
+    words = flat.split("the 176 words of `FUNCTION_WORDS`:", 1)[1].split(";", 1)[0]
+    assert len(FUNCTION_WORDS) == 176
+    assert set(words.split()) == set(FUNCTION_WORDS)
