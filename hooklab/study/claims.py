@@ -258,7 +258,7 @@ def _versus_random(pair: str, rows: pd.DataFrame, seed: int, have_module: bool) 
     detail = (
         f"true graft {true[0]:+.4f} [{true[1]:+.4f}, {true[2]:+.4f}] (paper +0.327); "
         f"random {random[0]:+.4f} [{random[1]:+.4f}, {random[2]:+.4f}] (paper +0.003), "
-        f"{abs(random[0]) / abs(true[0]) if true[0] else float('nan'):.2f} of the true graft; "
+        f"{abs(random[0]) / abs(true[0]) if true[0] else float('nan'):.3f} of the true graft; "
         f"module > random: {larger}; random small: {small_verdict}"
     )
     mean, low, high, n, tokens = difference
