@@ -26,6 +26,7 @@ __all__ = [
     "teacher_distribution",
     "first_committed_layer",
     "late_layers",
+    "layers_from_label",
     "layers_label",
     "LATE_START_DEPTH",
 ]
@@ -282,16 +283,22 @@ def first_committed_layer(
     return layer, never
 
 
-#: Default depth at which the late region starts: the last 25% of the stack by depth.
+#: Default depth at which the late region starts: the last 25% of the stack by depth. The one
+#: default of every read-out's late region (docs/definitions.md section 4); the late *window*
+#: of interventions (grafts, steering) is a different thing, ``hooklab.graft.windows``.
 LATE_START_DEPTH = 0.75
 
 
 def late_layers(n_layers: int, late_start_depth: float = LATE_START_DEPTH) -> list[int]:
-    """The late region: layers ``l`` with depth ``l / (L - 1) >= late_start_depth``.
+    """The late region of every read-out: layers of depth ``l / (L - 1) >= late_start_depth``.
 
-    The final layer (depth 1) is left out because its ``kl_to_final`` is 0 by construction under
-    every lens. When no other layer is that deep, the region is the layer before the final one,
-    so it always holds at least one layer.
+    The one definition used by every experiment that averages a read-out over "the late
+    layers" (readout, graft effects, token support, patching, opposition, attention entropy,
+    steering's ``late_kl_to_final``, probes, study tables). The final layer (depth 1) is left
+    out everywhere (its ``kl_to_final`` is 0 by construction under every lens, and one region
+    keeps experiments comparable). When no other layer is that deep, the region is the layer
+    before the final one, so it always holds at least one layer. Depths are compared with a
+    tolerance of 1e-12 (``20 / 25`` is 0.8).
 
     Args:
         n_layers: ``L``, the number of layers (at least 2).
@@ -310,15 +317,32 @@ def late_layers(n_layers: int, late_start_depth: float = LATE_START_DEPTH) -> li
         raise ValueError(f"n_layers={n_layers}: a late region needs at least two layers")
     if not 0.0 <= late_start_depth <= 1.0:
         raise ValueError(
-            f"late_start_depth={late_start_depth}: expected a depth in [0, 1] (e.g. 0.75 for "
-            "the last 25% of layers)"
+            f"late_start_depth={late_start_depth}: expected a depth in [0, 1] (e.g. "
+            f"{LATE_START_DEPTH} for the last 25% of layers)"
         )
     last = n_layers - 1
-    layers = [layer for layer in range(last) if layer / last >= late_start_depth]
+    threshold = late_start_depth - 1e-12
+    layers = [layer for layer in range(last) if layer / last >= threshold]
     return layers or [last - 1]
 
 
-def layers_label(layers: list[int]) -> str:
+def layers_from_label(label: str) -> list[int]:
+    """The layers a :func:`layers_label` names (``"24-30"``, ``"4"``, ``"1,3"``).
+
+    >>> layers_from_label("24-26"), layers_from_label("4"), layers_from_label("1,3")
+    ([24, 25, 26], [4], [1, 3])
+    """
+    layers: list[int] = []
+    for piece in str(label).split(","):
+        if "-" in piece:
+            first, last = piece.split("-")
+            layers.extend(range(int(first), int(last) + 1))
+        elif piece.strip():
+            layers.append(int(piece))
+    return layers
+
+
+def layers_label(layers: Sequence[int]) -> str:
     """A short label of consecutive layers, as written in summary tables.
 
     >>> layers_label([4]), layers_label([24, 25, 26, 27, 28, 29, 30])
@@ -326,6 +350,7 @@ def layers_label(layers: list[int]) -> str:
     """
     if not layers:
         return ""
+    layers = list(layers)
     if layers == list(range(layers[0], layers[-1] + 1)):
         return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
     return ",".join(map(str, layers))

@@ -34,6 +34,8 @@ __all__ = [
     "raw_prompt_ids",
     "chat_prompt_ids",
     "stop_token_ids",
+    "end_of_turn_ids",
+    "ends_turn",
     "greedy_continuations",
     "check_own_greedy",
 ]
@@ -173,6 +175,16 @@ def end_of_turn_ids(tokenizer: Any) -> list[int]:
     if not ids and tokenizer.eos_token_id is not None:
         ids = [int(tokenizer.eos_token_id)]
     return ids
+
+
+def ends_turn(token_ids: Sequence[int], tokenizer: Any) -> bool:
+    """Whether a generation ended its turn: its last token is one of :func:`end_of_turn_ids`.
+
+    The one meaning of ``end_of_turn`` (``Generation.ended_with_eot``) in ``behave`` and
+    ``steer``: a plain end-of-sequence token (PT's document end, ``<eos>``) is not an end of
+    turn when the vocabulary has an end-of-turn marker.
+    """
+    return bool(token_ids) and int(token_ids[-1]) in set(end_of_turn_ids(tokenizer))
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:

@@ -19,7 +19,7 @@ from hooklab.conditions import ReadSequence, build_sequences, check_conditions, 
 from hooklab.config import Config
 from hooklab.errors import HooklabError
 from hooklab.lens import Lens, LogitLens, TunedLens
-from hooklab.metrics import Workspace
+from hooklab.metrics import LATE_START_DEPTH, Workspace
 from hooklab.prompts import Prompt
 from hooklab.stream import read_lens
 from hooklab.tables import readout_frame
@@ -52,7 +52,7 @@ class ReadoutConfig(Config):
     """Seed of the bootstrap summaries."""
     chunk_rows: int | None = None
     """Positions decoded at once (default: automatic, about 64 MB per buffer)."""
-    late_start_depth: float = 0.75
+    late_start_depth: float = LATE_START_DEPTH
     """First depth (layer / (L - 1)) of the late region; the final layer is never in it."""
     truncate_long_prompts: bool = False
     """Cut prompts longer than the model context (with a warning) instead of refusing them."""
@@ -68,7 +68,8 @@ class ReadoutConfig(Config):
             raise HooklabError(f"chunk_rows={self.chunk_rows} must be at least 1 (or unset).")
         if not 0.0 < self.late_start_depth <= 1.0:
             raise HooklabError(
-                f"late_start_depth={self.late_start_depth}: use a depth in (0, 1], e.g. 0.75."
+                f"late_start_depth={self.late_start_depth}: use a depth in (0, 1], e.g. "
+                f"{LATE_START_DEPTH}."
             )
 
 
@@ -160,7 +161,7 @@ def run_readout(
 
 
 def write_readout_summaries(
-    frame: pd.DataFrame, out: Path, *, seed: int = 0, late_start_depth: float = 0.75
+    frame: pd.DataFrame, out: Path, *, seed: int = 0, late_start_depth: float = LATE_START_DEPTH
 ) -> list[Path]:
     """The summary CSVs of a readout table: per layer, per depth bin, gap, commitment."""
     from hooklab.atomic import atomic_write_csv

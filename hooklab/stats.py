@@ -11,8 +11,9 @@ from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["MeanCI", "bootstrap_mean_ci", "sign_flip_test"]
+__all__ = ["MeanCI", "bootstrap_mean_ci", "in_prompt_order", "sign_flip_test"]
 
 _NORMAL = NormalDist()
 
@@ -27,6 +28,15 @@ class MeanCI:
     sem: float
     n: int
     method: str = "percentile"
+
+
+def in_prompt_order(frame: pd.DataFrame, column: str = "prompt_id") -> pd.DataFrame:
+    """``frame``'s rows sorted by prompt id (stable), the order every bootstrap resamples in.
+
+    A bootstrap draws row indices, so its interval depends on the order of the per-prompt
+    values; sorting them by prompt id makes it independent of part, batch or row order.
+    """
+    return frame.sort_values(column, kind="stable", key=lambda ids: ids.astype(str))
 
 
 def _jackknife_acceleration(values: np.ndarray) -> float:

@@ -131,9 +131,10 @@ def convergence_gap(
     """IT minus PT of ``metric``, paired by prompt, per (condition, layer) and for the late region.
 
     The late region is :func:`~hooklab.metrics.late_layers`: the layers of depth
-    ``layer / (L - 1) >= late_start_depth`` (default 0.75, the last 25% of layers), final layer
-    excluded. Its row has ``layer = -1`` and ``region = "late"``; every row records the setting in
-    ``late_start_depth`` and the region's layers in ``late_layers`` (e.g. ``"24-30"``).
+    ``layer / (L - 1) >= late_start_depth`` (default ``LATE_START_DEPTH``, the last 25% of
+    layers), final layer excluded. Its row has ``layer = -1`` and ``region = "late"``; every
+    row records the setting in ``late_start_depth`` and the region's layers in ``late_layers``
+    (e.g. ``"24-30"``).
 
     ``n_prompts`` counts the paired prompts; ``n_tokens_pt`` and ``n_tokens_it`` count the
     distinct (prompt, position) pairs each model read in the row's cell, over those prompts (a

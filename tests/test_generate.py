@@ -323,3 +323,40 @@ def test_arms_on_the_embedded_pair_share_prompts_and_self_graft_is_a_no_op():
     assert _tokens(generate_arm(pair, "it-skip:0", prompts, max_new_tokens=5)) == _tokens(
         generate_arm(pair, "it", prompts, max_new_tokens=5)
     )
+
+
+def test_the_two_named_random_norms_agree_at_the_first_window_layer_only():
+    """own_pass (generation) and module_pass (teacher-forced grafts) norms, as docs/definitions
+    section 8 states: equal at the window's first layer, different after it."""
+    from hooklab import hooks
+    from hooklab.architectures import mlp_output
+    from hooklab.forward import residual_stream
+    from hooklab.generation import step_context
+    from hooklab.generation.interventions import random_control_hooks
+    from hooklab.graft.engine import change_norm, module_change_norms
+    from hooklab.prompts import chat_prompt_ids
+
+    pair = hooklab.load_pair("tiny")
+    host, donor = pair.pt, pair.it
+    ids = chat_prompt_ids(pair.tokenizer, "Where is Paris?")
+    tokens = torch.tensor([ids])
+    module = module_change_norms(host, donor, tokens, [4, 5])
+    seen = {}
+
+    def keep(name):
+        def hook(activation, hook):  # noqa: ARG001
+            seen[name] = activation.detach().clone()
+
+        return hook
+
+    capture = [(hooks.resid_mid(layer), keep(f"mid{layer}")) for layer in (4, 5)]
+    capture += [(hooks.mlp_out(layer), keep(f"out{layer}")) for layer in (4, 5)]  # before replace
+    with step_context(torch.arange(len(ids)).unsqueeze(0), ["q"]):
+        control = random_control_hooks(host, donor, [4, 5], seed=0)
+        residual_stream(host, tokens, fwd_hooks=capture + control)
+    own = {
+        layer: change_norm(mlp_output(donor, layer, seen[f"mid{layer}"]), seen[f"out{layer}"])
+        for layer in (4, 5)
+    }
+    assert torch.allclose(own[4], module[4], atol=1e-5)
+    assert (own[5] - module[5]).abs().max() > 1e-2

@@ -439,3 +439,23 @@ def test_cli_graft_refuses_a_bad_window_before_work(tiny_pair, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "window '2:40': outside the model" in err and "layers 0..3" in err
     assert not (tmp_path / "histories").exists()
+
+
+def test_one_definition_of_the_random_controls_norm():
+    """grep finds one definition of the norm the random control is matched to (change_norm),
+    used by the teacher-forced graft and by generation; the two sources are named."""
+    import re
+    from pathlib import Path
+
+    from hooklab.generation.arms import parse_arm
+    from hooklab.graft.engine import RANDOM_NORM_SOURCES
+
+    package = Path(__file__).resolve().parents[1] / "hooklab"
+    engine = (package / "graft" / "engine.py").read_text()
+    generation = (package / "generation" / "interventions.py").read_text()
+    assert len(re.findall(r"def change_norm\(", engine)) == 1
+    assert "change_norm(" in generation and "norm(dim=-1" not in generation
+    assert "record_norms[layer] = change_norm(" in engine
+    assert set(RANDOM_NORM_SOURCES) == {"module_pass", "own_pass"}
+    assert parse_arm("pt+late:random", 6).to_dict()["random_norm"] == "own_pass"
+    assert "random_norm" not in parse_arm("pt+late:it", 6).to_dict()

@@ -13,7 +13,7 @@ from hooklab import hooks
 from hooklab.errors import HooklabError
 from hooklab.graft.histories import History
 from hooklab.mechanism.batches import history_batch
-from hooklab.mechanism.delta_cosine import delta_cosines, late_layers, opposition_summary
+from hooklab.mechanism.delta_cosine import delta_cosines, opposition_summary
 from hooklab.synthetic import TINY_SHAPES
 
 
@@ -113,14 +113,6 @@ def test_sublayer_cosines_equal_a_cached_reference_and_padding_changes_nothing(t
                 assert got.item() == pytest.approx(_masked_mean(cosine, mask)[0], abs=1e-5)
 
 
-def test_late_layers_are_depth_at_least_the_start():
-    assert late_layers(26) == (20, 21, 22, 23, 24, 25)
-    assert late_layers(4) == (3,)
-    assert late_layers(34) == tuple(range(27, 34))  # 26.4 -> 27
-    with pytest.raises(HooklabError, match="late_start_depth"):
-        late_layers(4, 1.5)
-
-
 def test_opposition_summary_known_shift_and_pairing():
     rng = np.random.default_rng(0)
     rows = []
@@ -139,16 +131,16 @@ def test_opposition_summary_known_shift_and_pairing():
                 )
     frame_pt = pd.DataFrame(rows)
     frame_it = frame_pt.copy()
-    late = frame_it["layer"] >= 8  # depth >= 0.8 of 10 layers: 8/9 and 9/9
+    late = frame_it["layer"].isin([7, 8])  # depth >= 0.75 of 10 layers (7/9, 8/9), not the final
     frame_it.loc[late & (frame_it["component"] == "mlp"), "cosine"] -= 0.25
     frame_it = frame_it.sample(frac=1.0, random_state=1)  # order must not matter
     summary = opposition_summary(frame_pt, frame_it)
-    assert summary.late_layers == (8, 9)
+    assert summary.late_layers == (7, 8)
     late_table = summary.late.set_index("component")
     assert late_table.at["mlp", "mean"] == pytest.approx(-0.25)
     assert late_table.at["mlp", "ci_low"] == pytest.approx(-0.25)
     assert late_table.at["attn", "mean"] == pytest.approx(0.0, abs=1e-12)
-    assert (late_table["late_layers"] == "8,9").all()
+    assert (late_table["late_layers"] == "7-8").all()
     assert (late_table["n_prompts"] == 6).all()
     per = summary.per_layer.set_index(["model", "component", "layer"])
     expected = frame_pt[(frame_pt["component"] == "mlp") & (frame_pt["layer"] == 3)]["cosine"]
@@ -176,7 +168,7 @@ def test_shared_histories_end_to_end(tiny_pair):
         frames[side] = delta_cosines(*args, **kwargs)
         entropies[side] = attention_entropies(*args, **kwargs)
     summary = opposition_summary(frames["pt"], frames["it"])
-    assert summary.late_layers == (3,)
+    assert summary.late_layers == (2,)  # L = 4: the final layer is never late
     assert (summary.late["n_prompts"] == 3).all()
     counts = frames["it"].groupby("row")["n_tokens"].first()
     assert dict(counts) == {h.prompt_id: h.read_to - h.read_from for h in histories}

@@ -117,7 +117,7 @@ def test_a_pair_with_itself_has_no_opposition_or_entropy_difference(tmp_path):
     )
     assert set(late["component"]) == {"attn", "mlp", "block"}
     assert (late[["mean", "ci_low", "ci_high"]] == 0).all().all()
-    assert (late["late_layers"] == "4,5").all()  # depth >= 0.8 of 6 layers
+    assert (late["late_layers"].astype(str) == "4").all()  # 6 layers: final excluded
     run_dir = _run(
         tmp_path, "attention-entropy", AttentionEntropyConfig(max_new_tokens=3), _self_pair()
     ).parent
@@ -169,3 +169,32 @@ def test_dash_named_experiments_run_from_the_command_line(tmp_path, capsys):
     assert main([*argv, "--out", str(out)]) == 0
     assert "late-layer attention entropy IT - PT" in capsys.readouterr().out
     assert (out / "attention_entropy.parquet").is_file()
+
+
+def test_run_level_token_lists_are_exact_whatever_the_parts(tmp_path):
+    """token_support_tokens.csv of a run in 3 parts is the list of one part of all prompts
+    (running sums per token over parts), under both rankings."""
+    for rank_by in ("prob", "logprob"):
+        config = TokenSupportConfig(
+            max_new_tokens=4,
+            windows="late",
+            directions=("it-to-pt",),
+            modes=("module",),
+            top_k=10,
+            rank_by=rank_by,
+        )
+        lists = [
+            pd.read_csv(
+                _run(
+                    tmp_path / f"{rank_by}{size}", "token-support", config, limit=5, part_size=size
+                ).parent
+                / "token_support_tokens.csv",
+                keep_default_na=False,
+            )
+            for size in (2, 5)
+        ]
+        pd.testing.assert_frame_equal(lists[0], lists[1], check_exact=False, atol=1e-9)
+        assert (lists[0]["n_prompts"] == 5).all() and set(lists[0]["rank_by"]) == {rank_by}
+        promoted = lists[0][lists[0]["kind"] == "promoted"]
+        column = "delta_prob" if rank_by == "prob" else "delta_logprob"
+        assert promoted[column].is_monotonic_decreasing

@@ -38,8 +38,9 @@ def test_delta_cosine_figure_draws_the_summary():
     expected = per[(per["component"] == "attn") & (per["model"] == "pt")].sort_values("depth")
     assert np.allclose(lines[0].y, expected["mean"])
     assert "-0.100" in figure.layout.annotations[0].text
-    # late layers of 5: only layer 4, shaded from depth 3.5 / 4
-    assert [s.x0 for s in figure.layout.shapes] == pytest.approx([0.875] * 3)
+    # late layers of 5: only layer 3 (the final layer is never late), shaded 2.5 / 4 .. 3.5 / 4
+    assert [s.x0 for s in figure.layout.shapes] == pytest.approx([0.625] * 3)
+    assert [s.x1 for s in figure.layout.shapes] == pytest.approx([0.875] * 3)
 
 
 def test_weight_change_figure_is_the_pivot(tiny_pair):

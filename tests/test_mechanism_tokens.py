@@ -181,7 +181,14 @@ def test_teacher_and_top1_changes_equal_a_brute_force_recomputation(pairs, shape
     pair = pairs(shape)
     histories = _histories()
     result = token_support(
-        pair, histories, "1:3", direction="it-to-pt", batch_size=2, chunk_rows=5, top_k=4
+        pair,
+        histories,
+        "1:3",
+        direction="it-to-pt",
+        batch_size=2,
+        chunk_rows=5,
+        top_k=4,
+        rank_by="logprob",
     )
     late = late_layers(pair.n_layers)
     expected = _brute_force(pair, histories, [1, 2], late)

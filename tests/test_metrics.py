@@ -142,3 +142,39 @@ def test_late_layers_at_the_paper_sizes():
     assert late_layers(32) == list(range(24, 31))  # 23 / 31 = 0.742 < 0.75
     assert late_layers(34) == list(range(25, 33))
     assert layers_label(late_layers(32)) == "24-30" and layers_label([4]) == "4"
+
+
+def test_one_late_region_for_every_read_out():
+    """grep finds one definition of the late region and no restated default depth; every
+    experiment's config defaults to it."""
+    import re
+    from pathlib import Path
+
+    from hooklab.experiment import registered_experiments
+    from hooklab.metrics import LATE_START_DEPTH
+
+    package = Path(__file__).resolve().parents[1] / "hooklab"
+    definitions, literals = [], []
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        definitions += [path.name for _ in re.finditer(r"def late_layers\(", text)]
+        for line in text.splitlines():
+            if line.strip().startswith(">>>") or "LATE_START_DEPTH = " in line:
+                continue  # the definition and its worked examples
+            if re.search(r"\b0\.(75|8)\b", line):
+                if "late" in line.lower() or "depth" in line.lower():
+                    literals.append(f"{path.relative_to(package)}: {line.strip()}")
+    assert definitions == ["metrics.py"]
+    assert not literals, literals
+    for name, experiment in registered_experiments().items():
+        default = getattr(experiment.config_type(), "late_start_depth", LATE_START_DEPTH)
+        assert default == LATE_START_DEPTH, name
+
+
+def test_late_region_excludes_the_final_layer_and_tolerates_round_off():
+    from hooklab.metrics import late_layers, layers_from_label, layers_label
+
+    assert late_layers(6) == [4]  # opposition / attention entropy used 4-5 before
+    assert late_layers(26, 0.8) == list(range(20, 25))  # 20 / 25 is 0.8 despite round-off
+    for layers in ([4], [24, 25, 26], [1, 3]):
+        assert layers_from_label(layers_label(layers)) == layers

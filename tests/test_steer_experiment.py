@@ -192,3 +192,77 @@ def test_end_to_end_run_report_and_direction_file(tmp_path, tiny_pair, capsys):
     assert "Direction specificity" in report
     figures = {p.name for p in (tmp_path / "report").rglob("*.html")}
     assert {"dose_response.html", "direction_stability.html", "direction_lens.html"} <= figures
+
+
+def test_end_of_turn_is_the_template_marker_not_any_stop_token(steer_part):
+    """steer scores ``end_of_turn`` as behave does: ``<eos>`` (PT's document end) is not the
+    template's ``<end_of_turn>``."""
+    from types import SimpleNamespace
+
+    from hooklab.experiments.steer import _score_rows
+    from hooklab.prompts import ends_turn
+
+    tokenizer = steer_part.pair.tokenizer
+    eos, eot = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert eos != eot
+    body = tokenizer("Paris is a city", add_special_tokens=False)["input_ids"]
+    arm = parse_steer_arm("pt-inject", "mlp_out")
+    for last, expected in ((eos, 0.0), (eot, 1.0)):
+        ids = (*body, last)
+        output = SimpleNamespace(token_ids=ids, stop_reason="eot", n_tokens=len(ids))
+        outputs = {
+            (p.id, a): output for p in steer_part.prompts for a in steer_part.config.alpha_grid
+        }
+        rows, _ = _score_rows(steer_part, arm, outputs)
+        values = {value for _, _, name, _, value in rows if name == "end_of_turn"}
+        assert values == {expected}
+        assert ends_turn(ids, tokenizer) is bool(expected)
+
+
+def test_dose_response_and_slopes_resample_in_prompt_id_order():
+    """The CI of dose_response.csv / slopes.csv must not depend on the table's row order."""
+    from hooklab.steering.dose import dose_response
+
+    rng = np.random.default_rng(3)
+    ids = [f"p{i:02d}" for i in range(12)]
+    scores = pd.DataFrame(
+        [
+            {"prompt_id": p, "arm": "it", "alpha": a, "measure": "governance", "value": v}
+            for p in ids
+            for a, v in zip((0.0, 1.0, 2.0), rng.normal(size=3), strict=True)
+        ]
+    )
+    shuffled = scores.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    pd.testing.assert_frame_equal(dose_response(scores, seed=1), dose_response(shuffled, seed=1))
+    slopes = prompt_slopes(scores)
+    pd.testing.assert_frame_equal(
+        slope_table(slopes, seed=1), slope_table(slopes.iloc[::-1].reset_index(drop=True), seed=1)
+    )
+
+
+def test_directions_rebuild_from_the_run_folders_calibration_histories(tmp_path):
+    """The calibration histories are saved in OUT/directions/ and accepted back: the same
+    directions (and random control) come out of them, bit for bit."""
+    from hooklab.experiments.steer import _promote_directions
+    from hooklab.steering.sweep import (
+        CALIBRATION_HISTORIES,
+        prepare_directions,
+        write_direction_set,
+    )
+
+    pair = hooklab.load_pair("tiny")
+    config = SteerConfig(calibration=3, history_tokens=4, behaviour="tiny")
+    context = prepare_directions(pair, config)
+    write_direction_set(context, tmp_path, "part-00000")
+    _promote_directions(tmp_path)
+    saved = tmp_path / "directions" / CALIBRATION_HISTORIES
+    assert saved.is_file()
+    again = prepare_directions(
+        pair, SteerConfig(calibration_histories=str(saved), history_tokens=4, behaviour="tiny")
+    )
+    assert again["digest"] == context["digest"]
+    for name, directions in context["sets"].items():
+        assert torch.equal(again["sets"][name].vectors, directions.vectors), name
+    assert [h.prompt_id for h in again["calibration_histories"]] == [
+        h.prompt_id for h in context["calibration_histories"]
+    ]

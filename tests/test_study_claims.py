@@ -57,12 +57,14 @@ def test_paired_difference_pairs_by_prompt_and_drops_unmatched_ones():
 
 
 def test_claims_on_tables_with_known_answers():
-    base = [0.20, 0.25, 0.30, 0.35, 0.40]
+    rng = np.random.default_rng(0)
+    base = list(0.30 + 0.05 * rng.standard_normal(12))
+    noise = list(0.01 * rng.standard_normal(12))  # a random control near 0
     prompts = _prompts(
         {
             ("it-to-pt", "module", "late"): [v + 1.0 for v in base],
-            ("it-to-pt", "random", "late"): base,  # module - random = 1 for every prompt
-            ("it-to-pt", "module", "mid"): [v + 2.0 for v in base],  # mid beats late: fails
+            ("it-to-pt", "random", "late"): noise,
+            ("it-to-pt", "module", "mid"): [v + 2.0 + n for v, n in zip(base, noise, strict=True)],
             ("pt-to-it", "module", "late"): [-v for v in base],
             ("pt-to-it", "module", "early"): [v - 0.1 for v in base],  # late lower everywhere
         }
@@ -78,10 +80,10 @@ def test_claims_on_tables_with_known_answers():
             "mean": [0.05, 0.01],
             "ci_low": [-0.01, 0.02],
             "ci_high": [0.1, 0.03],
-            "n_prompts": 5,
-            "n_tokens_pt": 40,
+            "n_prompts": 12,
+            "n_tokens_pt": [40, 45],
             "n_tokens_it": 45,
-            "late_layers": "4-4",
+            "late_layers": "4",
         }
     )
     claims = evaluate_claims(
@@ -89,23 +91,62 @@ def test_claims_on_tables_with_known_answers():
     ).set_index("claim")
     assert claims.loc["gap_native", "verdict"] == "inconclusive"
     assert claims.loc["gap_same_history", "verdict"] == "holds"
-    assert claims.loc["gap_same_history", "n_tokens"] == 85
+    # one meaning of n_tokens: positions one model read (not PT + IT)
+    assert claims.loc["gap_same_history", "n_tokens"] == 45
+    assert "PT 40" in claims.loc["gap_native", "detail"]
     assert claims.loc["gap_template_replay", "verdict"] == "not run"
     assert claims.loc["graft_late", "measured"] == pytest.approx(np.mean(base) + 1.0)
+    assert claims.loc["graft_late", "n_tokens"] == sum(10 + i for i in range(12))
     assert claims.loc["graft_late", "verdict"] == "holds"
     assert claims.loc["swap_late", "verdict"] == "holds"
     versus = claims.loc["graft_vs_random"]
-    assert (versus["measured"], versus["ci_low"], versus["ci_high"]) == pytest.approx((1, 1, 1))
-    assert versus["verdict"] == "holds" and versus["n_prompts"] == 5
+    assert versus["measured"] == pytest.approx(np.mean(base) + 1.0 - np.mean(noise))
+    assert versus["verdict"] == "holds" and versus["n_prompts"] == 12
+    assert claims.loc["random_late", "measured"] == pytest.approx(np.mean(noise))
+    assert claims.loc["random_late", "verdict"] == "holds"
+    assert claims.loc["random_late", "paper"].startswith("+0.003")
     assert claims.loc["late_strongest_sufficiency", "verdict"] == "fails"
-    assert claims.loc["late_strongest_sufficiency", "measured"] == pytest.approx(-1.0)
+    assert claims.loc["late_strongest_sufficiency", "measured"] == pytest.approx(
+        -1 - np.mean(noise)
+    )
     necessity = claims.loc["late_strongest_necessity"]
     assert necessity["verdict"] == "holds"
     assert necessity["measured"] == pytest.approx(np.mean([-v - (v - 0.1) for v in base]))
     assert claims.loc["swap_late", "paper"] == "-0.51 nats"
 
 
+def _versus(module: list[float], random: list[float]) -> pd.Series:
+    prompts = _prompts(
+        {("it-to-pt", "module", "late"): module, ("it-to-pt", "random", "late"): random}
+    )
+    return evaluate_claims({"graft_prompt_effects": prompts}, ["p"]).set_index("claim")
+
+
+def test_graft_vs_random_fails_when_the_random_control_is_not_small():
+    """The embedded pair's case: module - random > 0, but random alone (+0.062, CI away from
+    0) is a fifth of the true graft, not near zero as the paper's +0.003 vs +0.327."""
+    rng = np.random.default_rng(1)
+    module = list(0.33 + 0.05 * rng.standard_normal(20))
+    random = list(0.062 + 0.01 * rng.standard_normal(20))
+    claims = _versus(module, random)
+    versus = claims.loc["graft_vs_random"]
+    assert versus["measured"] > 0 and versus["ci_low"] > 0  # the old test alone would hold
+    assert versus["verdict"] == "fails"
+    assert claims.loc["random_late", "verdict"] == "fails"
+    assert claims.loc["random_late", "measured"] == pytest.approx(np.mean(random))
+    assert "paper +0.327" in versus["detail"] and "paper +0.003" in versus["detail"]
+
+
+def test_too_few_prompts_or_no_spread_is_inconclusive():
+    few = _versus([1.0, 1.1, 1.2, 1.3], [0.0, 0.01, -0.01, 0.0])  # 4 < MIN_PROMPTS
+    assert set(few.loc[["graft_late", "graft_vs_random"], "verdict"]) == {"inconclusive"}
+    flat = _versus([1.0] * 12, [0.0] * 12)  # every prompt the same: the CI collapses
+    assert flat.loc["graft_late", "ci_low"] == flat.loc["graft_late", "ci_high"]
+    assert flat.loc["graft_late", "verdict"] == "inconclusive"
+    assert flat.loc["graft_vs_random", "verdict"] == "inconclusive"
+
+
 def test_claims_without_tables_are_marked_not_run():
     claims = evaluate_claims({}, ["a", "b"])
     assert set(claims["verdict"]) == {"not run"}
-    assert len(claims) == 2 * 8
+    assert len(claims) == 2 * 9

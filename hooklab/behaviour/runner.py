@@ -24,7 +24,7 @@ from hooklab.behaviour.prompts import BehaviourPrompt
 from hooklab.behaviour.scorers import SCORERS, Generation, get_scorer
 from hooklab.errors import HooklabError
 from hooklab.generation.arms import generate_arm, parse_arm
-from hooklab.prompts import Prompt, end_of_turn_ids
+from hooklab.prompts import Prompt, ends_turn
 
 __all__ = ["ARM_COLUMNS", "check_references", "arm_generations", "score_records"]
 
@@ -60,7 +60,6 @@ def arm_generations(
     ``temperature``, ``top_p``, ``batch_size``).
     """
     records = []
-    turn_ends = set(end_of_turn_ids(pair.tokenizer))
     for text in arms:
         arm = parse_arm(text, pair.n_layers)
         outputs = generate_arm(
@@ -78,7 +77,7 @@ def arm_generations(
                     "token_ids": list(output.token_ids),
                     "stop_reason": output.stop_reason,
                     # the turn's own end marker, not a document's EOS (PT ends text with EOS)
-                    "ended_with_eot": bool(output.token_ids) and output.token_ids[-1] in turn_ends,
+                    "ended_with_eot": ends_turn(output.token_ids, pair.tokenizer),
                     "n_tokens": output.n_tokens,
                 }
             )

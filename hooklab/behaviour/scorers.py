@@ -56,7 +56,8 @@ class Generation:
         category: the prompt's category (see :data:`BENIGN_CATEGORIES`).
         prompt_text: the user's prompt, as the model saw it before any chat template.
         text: the decoded response, special tokens removed.
-        ended_with_eot: whether the model emitted an end-of-turn / end-of-sequence token.
+        ended_with_eot: whether the last token is the chat template's end-of-turn marker
+            (:func:`hooklab.prompts.ends_turn`; a plain ``<eos>`` is not one).
         n_tokens: number of generated tokens.
         token_ids: the generated token ids.
         expected: the reference answer of a factual prompt, else ``None``.

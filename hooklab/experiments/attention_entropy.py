@@ -24,7 +24,7 @@ from hooklab.experiments._mechanism import (
     with_categories,
 )
 from hooklab.mechanism.attention_entropy import attention_entropies, entropy_difference
-from hooklab.mechanism.delta_cosine import late_layers
+from hooklab.metrics import LATE_START_DEPTH, late_layers, layers_label
 
 __all__ = ["AttentionEntropyConfig", "AttentionEntropyExperiment"]
 
@@ -43,8 +43,8 @@ class AttentionEntropyConfig(Config):
     """Length cap of IT's greedy responses (the shared histories)."""
     batch_size: int = 8
     """Histories per forward pass."""
-    late_start_depth: float = 0.8
-    """The late region is every layer of depth layer / (L - 1) >= this (final layer included)."""
+    late_start_depth: float = LATE_START_DEPTH
+    """The late region: layers of depth layer / (L - 1) >= this, final layer excluded."""
     seed: int = 0
     """Seed of the bootstrap summaries."""
     truncate_long_prompts: bool = False
@@ -116,7 +116,7 @@ class AttentionEntropyExperiment(Experiment[AttentionEntropyConfig]):
         ]
         difference = per_prompt[1] - per_prompt[0].reindex(per_prompt[1].index)
         late_row = {
-            "late_layers": ",".join(map(str, late)),
+            "late_layers": layers_label(late),
             "mean_pt": float(per_prompt[0].mean()),
             "mean_it": float(per_prompt[1].mean()),
         } | ci_row(difference.to_numpy(), config.seed)

@@ -29,6 +29,7 @@ from hooklab.mechanism.delta_cosine import (
     delta_cosines,
     opposition_summary,
 )
+from hooklab.metrics import LATE_START_DEPTH, layers_from_label
 
 __all__ = ["OppositionConfig", "OppositionExperiment"]
 
@@ -48,8 +49,8 @@ class OppositionConfig(Config):
     """Length cap of the greedy responses read."""
     batch_size: int = 8
     """Sequences per forward pass."""
-    late_start_depth: float = 0.8
-    """The late region is every layer of depth layer / (L - 1) >= this (final layer included)."""
+    late_start_depth: float = LATE_START_DEPTH
+    """The late region: layers of depth layer / (L - 1) >= this, final layer excluded."""
     seed: int = 0
     """Seed of the bootstrap summaries."""
     truncate_long_prompts: bool = False
@@ -121,7 +122,7 @@ def read_summary(run_dir: Path, condition: str) -> OppositionSummary:
     late = pd.read_csv(run_dir / LATE_CSV, dtype={"late_layers": str})
     layers = layers[layers["condition"] == condition].drop(columns="condition")
     late = late[late["condition"] == condition].drop(columns="condition")
-    late_set = tuple(int(x) for x in str(late["late_layers"].iloc[0]).split(",") if x)
+    late_set = tuple(layers_from_label(str(late["late_layers"].iloc[0])))
     return OppositionSummary(layers.reset_index(drop=True), late.reset_index(drop=True), late_set)
 
 

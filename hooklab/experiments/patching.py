@@ -17,6 +17,7 @@ from hooklab.experiment import Experiment, PartInput, PlanEstimate, register_exp
 from hooklab.experiments._html import csv_table, heading
 from hooklab.experiments._mechanism import part_histories, plain, with_categories
 from hooklab.mechanism.patching import patching_heatmap, patching_summary, run_patching
+from hooklab.metrics import LATE_START_DEPTH
 
 __all__ = ["PatchingConfig", "PatchingExperiment"]
 
@@ -42,7 +43,7 @@ class PatchingConfig(Config):
     """Length cap of IT's greedy responses (the shared histories)."""
     batch_size: int = 4
     """Histories per forward pass."""
-    late_start_depth: float = 0.75
+    late_start_depth: float = LATE_START_DEPTH
     """First depth (layer / (L - 1)) of the late region of the KL; the final layer is not in it."""
     seed: int = 0
     """Seed of the bootstrap summaries."""

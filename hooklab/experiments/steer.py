@@ -43,7 +43,7 @@ from hooklab.experiment import Experiment, PartInput, PlanEstimate, register_exp
 from hooklab.experiments._html import csv_table, heading
 from hooklab.generation import generate
 from hooklab.graft.histories import check_histories, load_histories, make_histories, save_histories
-from hooklab.prompts import chat_prompt_ids, raw_prompt_ids, stop_token_ids
+from hooklab.prompts import chat_prompt_ids, ends_turn, raw_prompt_ids, stop_token_ids
 from hooklab.steering import steering_hooks
 from hooklab.steering.dose import (
     dose_response,
@@ -121,6 +121,22 @@ def _generate_arm(part: PartInput[SteerConfig], arm: SteerArm) -> dict[tuple[str
     return out
 
 
+#: the two layer sets of a steering run, recorded in its table and every summary
+REGION_COLUMNS = ("late_layers", "steered_layers")
+
+
+def _regions(n_layers: int, steered: Sequence[int]) -> dict[str, str]:
+    """``late_layers``: the read-out region of ``late_kl_to_final``
+    (:func:`hooklab.metrics.late_layers`, final layer excluded); ``steered_layers``: the
+    intervention window the direction is applied at (``steer.layers``, a graft window)."""
+    from hooklab.metrics import late_layers, layers_label
+
+    return {
+        "late_layers": layers_label(late_layers(n_layers)),
+        "steered_layers": layers_label(list(steered)),
+    }
+
+
 def _part_histories(part: PartInput[SteerConfig]) -> list:
     ids = [p.id for p in part.prompts]
     if part.histories is not None:
@@ -172,7 +188,7 @@ def _score_rows(part: PartInput[SteerConfig], arm: SteerArm, outputs: dict) -> t
                 category=known.category if known else prompt.category,
                 prompt_text=prompt.text,
                 text=text,
-                ended_with_eot=output.stop_reason == "eot",
+                ended_with_eot=ends_turn(output.token_ids, pair.tokenizer),  # not any stop token
                 n_tokens=output.n_tokens,
                 token_ids=output.token_ids,
                 expected=known.expected if known else None,
@@ -277,7 +293,8 @@ class SteerExperiment(Experiment[SteerConfig]):
         frame = pd.DataFrame(rows, columns=columns)
         category = {p.id: p.category for p in part.prompts}
         frame.insert(2, "category", frame["prompt_id"].map(category))
-        return frame[["prompt_id", "category", "arm", "alpha", "scorer", "group", "value"]]
+        frame = frame[["prompt_id", "category", "arm", "alpha", "scorer", "group", "value"]]
+        return frame.assign(**_regions(part.pair.n_layers, part.context["layers"]))
 
     def summarise(self, frame: pd.DataFrame, out: Path, config: SteerConfig) -> list[Path]:
         written = _promote_directions(out)
@@ -291,7 +308,12 @@ class SteerExperiment(Experiment[SteerConfig]):
             "slopes.csv": slope_table(slopes, seed=config.seed),
             "specificity.csv": ratio,
         }
-        written += [atomic_write_csv(out / name, table) for name, table in tables.items()]
+        # both regions in every summary: the read-out region of late_kl_to_final, and the
+        # intervention window the direction is applied at
+        regions = {c: str(frame[c].iloc[0]) for c in REGION_COLUMNS if c in frame and len(frame)}
+        written += [
+            atomic_write_csv(out / name, table.assign(**regions)) for name, table in tables.items()
+        ]
         return written
 
     def figures(self, run_dir: Path, figures_dir: Path) -> list[Path]:

@@ -5,7 +5,12 @@ and mode, with the norm-matched random control (library: :mod:`hooklab.mechanism
 The table holds one row per (prompt, direction, mode, window, quantity): the late-region and
 final-layer changes (grafted - host) of the class's log probability mass. Each part also keeps
 its most promoted and suppressed tokens beside the table (``token_support_tokens/PART.csv``,
-means over the part's prompts); the run's list pools them (exact for a run of one part).
+means over the part's prompts) and, for the run's lists, every token's running sums over the
+part's prompts (``token_support_tokens/PART.parquet``: change of log probability and of
+probability; ``vocabulary.parquet`` names the ids). The run's ``token_support_tokens.csv`` ranks
+the sums added over all parts, divided by the run's prompts: exactly the list one part of all
+prompts gives, whatever the parts. Ranked by probability-mass change (``rank_by = "prob"``,
+the default) or by log-probability change (``"logprob"``).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 
-from hooklab.atomic import atomic_write_csv
+from hooklab.atomic import atomic_write, atomic_write_csv
 from hooklab.config import Config
 from hooklab.errors import HooklabError
 from hooklab.experiment import Experiment, PartInput, PlanEstimate, register_experiment
@@ -25,7 +31,9 @@ from hooklab.experiments._mechanism import ci_row, part_histories, plain, with_c
 from hooklab.graft.engine import DIRECTIONS
 from hooklab.graft.windows import parse_windows
 from hooklab.mechanism.token_classes import CLASS_NAMES, DYNAMIC_CLASSES, classify_vocabulary
-from hooklab.mechanism.token_support import token_support
+from hooklab.mechanism.token_support import describe_tokens, token_support, top_tokens
+from hooklab.metrics import LATE_START_DEPTH
+from hooklab.stats import in_prompt_order
 from hooklab.types import Direction
 
 __all__ = ["TokenSupportConfig", "TokenSupportExperiment"]
@@ -52,10 +60,12 @@ class TokenSupportConfig(Config):
     """Length cap of IT's greedy responses (the shared histories)."""
     batch_size: int = 4
     """Histories per forward pass."""
-    late_start_depth: float = 0.75
+    late_start_depth: float = LATE_START_DEPTH
     """First depth (layer / (L - 1)) of the late region read; the final layer is never in it."""
     top_k: int = 10
     """Most promoted and suppressed tokens listed."""
+    rank_by: Literal["prob", "logprob"] = "prob"
+    """Rank the token lists by change of probability mass (default) or of log probability."""
     seed: int = 0
     """Seed of the random control and of the bootstrap summaries."""
     truncate_long_prompts: bool = False
@@ -113,7 +123,7 @@ class TokenSupportExperiment(Experiment[TokenSupportConfig]):
         histories = part_histories(
             part, max_new_tokens=config.max_new_tokens, truncate=config.truncate_long_prompts
         )
-        frames, tokens = [], []
+        frames, tokens, sums = [], [], []
         for window, direction, mode in _conditions(config, part.pair.n_layers):
             support = token_support(
                 part.pair,
@@ -126,24 +136,31 @@ class TokenSupportExperiment(Experiment[TokenSupportConfig]):
                 top_k=config.top_k,
                 batch_size=config.batch_size,
                 seed=config.seed,
+                rank_by=config.rank_by,
             )
             frames.append(support.per_prompt)
+            sums.append(_part_sums(support, direction, mode, window.name))
             tokens.append(
                 support.tokens.assign(
                     direction=direction, mode=mode, window=window.name, n_prompts=len(histories)
                 )
             )
-        atomic_write_csv(
-            part.out / TOKENS_DIR / f"{part.part_name}.csv", pd.concat(tokens, ignore_index=True)
-        )
+        folder = part.out / TOKENS_DIR
+        atomic_write_csv(folder / f"{part.part_name}.csv", pd.concat(tokens, ignore_index=True))
+        _write_parquet(folder / f"{part.part_name}.parquet", pd.concat(sums, ignore_index=True))
+        ids = list(range(part.pair.d_vocab))
+        names, classes = describe_tokens(part.context, part.pair.tokenizer)(ids)
+        vocabulary = pd.DataFrame({"token_id": ids, "token": names, "token_class": classes})
+        _write_parquet(folder / VOCABULARY, vocabulary)
         frame = pd.concat(frames, ignore_index=True)
         frame["prompt_id"] = frame["prompt_id"].astype(str)
         return with_categories(frame, part.prompts)
 
     def summarise(self, frame: pd.DataFrame, out: Path, config: TokenSupportConfig) -> list[Path]:
         keys = ["direction", "mode", "window", "quantity"]
+        keys += ["late_layers"] if "late_layers" in frame else []  # the read-out region
         rows = []
-        for key, group in plain(frame).groupby(keys, sort=False):
+        for key, group in in_prompt_order(plain(frame)).groupby(keys, sort=False):
             for metric in ("delta_late", "delta_final"):
                 rows.append(
                     dict(zip(keys, key, strict=True))
@@ -152,7 +169,7 @@ class TokenSupportExperiment(Experiment[TokenSupportConfig]):
                 )
         return [
             atomic_write_csv(out / SUMMARY_CSV, pd.DataFrame(rows)),
-            atomic_write_csv(out / TOKENS_CSV, _pooled_tokens(out, frame, config.top_k)),
+            atomic_write_csv(out / TOKENS_CSV, _run_tokens(out, config)),
         ]
 
     def figures(self, run_dir: Path, figures_dir: Path) -> list[Path]:
@@ -175,7 +192,7 @@ class TokenSupportExperiment(Experiment[TokenSupportConfig]):
             + csv_table(
                 run_dir / TOKENS_CSV,
                 ["direction", "mode", "window", "kind", "rank", "token", "token_class"]
-                + ["delta_logprob", "n_prompts_listed", "n_prompts"],
+                + ["delta_prob", "delta_logprob", "rank_by", "n_prompts"],
             )
         )
 
@@ -199,27 +216,51 @@ class TokenSupportExperiment(Experiment[TokenSupportConfig]):
         return lines
 
 
-def _pooled_tokens(out: Path, frame: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    """Each part's top tokens pooled: mean over the run's prompts, a part that did not list a
-    token counting 0 for it (exact when the run has one part)."""
-    parts = sorted((out / TOKENS_DIR).glob("part-*.csv"))
-    listed = pd.concat([pd.read_csv(p, keep_default_na=False) for p in parts], ignore_index=True)
-    n_total = plain(frame)["prompt_id"].nunique()
-    listed["weighted"] = listed["delta_logprob"] * listed["n_prompts"]
-    keys = ["direction", "mode", "window", "kind", "token_id", "token", "token_class"]
-    pooled = (
-        listed.groupby(keys, sort=False)
-        .agg(weighted=("weighted", "sum"), n_prompts_listed=("n_prompts", "sum"))
-        .reset_index()
+SUM_COLUMNS = ["sum_logprob", "sum_prob"]
+VOCABULARY = "vocabulary.parquet"
+
+
+def _part_sums(support: Any, direction: str, mode: str, window: str) -> pd.DataFrame:
+    """One row per vocabulary id: the part's per-token sums over its prompts."""
+    sums = support.token_sums
+    return pd.DataFrame(
+        {
+            "direction": direction,
+            "mode": mode,
+            "window": window,
+            "token_id": np.arange(sums.shape[1]),
+            SUM_COLUMNS[0]: sums[0],
+            SUM_COLUMNS[1]: sums[1],
+            "n_prompts": support.n_prompts,
+        }
     )
-    pooled["delta_logprob"] = pooled["weighted"] / n_total
-    pooled["n_prompts"] = n_total
-    ordered = []
-    for (_, _, _, kind), rows in pooled.groupby(keys[:4], sort=False):
-        rows = rows.sort_values("delta_logprob", ascending=kind == "suppressed").head(top_k)
-        ordered.append(rows.assign(rank=range(len(rows))))
-    columns = [*keys[:4], "rank", *keys[4:], "delta_logprob", "n_prompts_listed", "n_prompts"]
-    return pd.concat(ordered, ignore_index=True)[columns]
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def _run_tokens(out: Path, config: TokenSupportConfig) -> pd.DataFrame:
+    """The run's exact lists: every part's per-token sums added, over the run's prompts."""
+    folder = out / TOKENS_DIR
+    sums = pd.concat(
+        [pd.read_parquet(p) for p in sorted(folder.glob("part-*.parquet"))], ignore_index=True
+    )
+    vocabulary = pd.read_parquet(folder / VOCABULARY).set_index("token_id")
+
+    def describe(ids: list[int]) -> tuple[list[str], list[str]]:
+        rows = vocabulary.loc[ids]
+        return rows["token"].tolist(), rows["token_class"].tolist()
+
+    keys = ["direction", "mode", "window"]
+    frames = []
+    for key, rows in sums.groupby(keys, sort=False):
+        added = rows.groupby("token_id", sort=True)[SUM_COLUMNS].sum()
+        n_prompts = int(rows.groupby("token_id")["n_prompts"].sum().iloc[0])
+        listed = top_tokens(added.to_numpy().T, n_prompts, describe, config.top_k, config.rank_by)
+        frames.append(listed.assign(**dict(zip(keys, key, strict=True)), n_prompts=n_prompts))
+    columns = [*keys, "kind", "rank", "token_id", "token", "token_class", "delta_prob"]
+    return pd.concat(frames, ignore_index=True)[[*columns, "delta_logprob", "rank_by", "n_prompts"]]
 
 
 def support_figure(late: pd.DataFrame) -> Any:

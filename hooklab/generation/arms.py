@@ -91,6 +91,7 @@ class Arm:
             "window": self.window,
             "donor": self.donor,
             "prompting": self.prompting,
+            **({"random_norm": "own_pass"} if self.intervention == "random" else {}),
         }
 
 
@@ -176,6 +177,7 @@ def arm_hooks(pair: Any, arm: Arm | str, *, seed: int = 0) -> tuple[Any, list[Ho
         return host, module_graft_hooks(host, models[arm.donor], arm.layers)
     if arm.intervention == "random":
         assert arm.donor is not None
+        # the own_pass norm-matched control (hooklab.graft.engine.RANDOM_NORM_SOURCES)
         return host, random_control_hooks(host, models[arm.donor], arm.layers, seed=seed)
     if arm.intervention == "skip":
         return host, skip_layer_hooks(host, arm.layers)

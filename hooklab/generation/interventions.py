@@ -6,7 +6,10 @@ whether a forward pass covers the whole sequence or, with the KV cache, only the
 * :func:`module_graft_hooks`: the donor's MLP path on the host's own ``hook_resid_mid``
   (:func:`hooklab.graft.engine.graft_hooks` in ``module`` mode);
 * :func:`random_control_hooks`: the host's MLP output plus a random unit direction scaled to
-  the norm of the change the module graft would make at that layer and token; the direction
+  the norm of the change the module graft would make at that layer and token *on this pass's
+  own residual* (the ``own_pass`` norm of :data:`hooklab.graft.engine.RANDOM_NORM_SOURCES`;
+  teacher-forced grafts use ``module_pass``, and the two agree at a window's first layer);
+  the direction
   is drawn per (seed, prompt key, layer, absolute position), read from
   :func:`~hooklab.generation.decode.current_step`, so batching and caching do not change it;
 * :func:`skip_mlp_hooks` (``hook_mlp_out`` <- 0) and :func:`skip_layer_hooks` (block output =
@@ -26,7 +29,7 @@ from hooklab.architectures import mlp_output
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn
 from hooklab.generation.decode import current_step
-from hooklab.graft.engine import graft_hooks, position_seed
+from hooklab.graft.engine import change_norm, graft_hooks, position_seed
 
 __all__ = [
     "module_graft_hooks",
@@ -85,10 +88,12 @@ def position_directions(
 def random_control_hooks(
     host: Any, donor: Any, layers: Iterable[int], *, seed: int = 0
 ) -> list[HookFn]:
-    """Norm-matched random control of the module graft of ``donor`` into ``host``.
+    """Norm-matched random control (``own_pass`` norm) of the module graft of ``donor`` into
+    ``host``.
 
     Per layer and token the MLP output moves by exactly the norm the module graft would move
-    it, in a random direction. Needs :func:`~hooklab.generation.decode.current_step` (set by
+    it on this pass's own residual, in a random direction. Needs
+    :func:`~hooklab.generation.decode.current_step` (set by
     :func:`~hooklab.generation.decode.generate`).
     """
     resid_mid: dict[int, torch.Tensor] = {}
@@ -101,7 +106,7 @@ def random_control_hooks(
         def replace(activation: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:  # noqa: ARG001
             step = current_step()
             grafted = mlp_output(donor, layer, resid_mid.pop(layer))
-            norm = (grafted.float() - activation.float()).norm(dim=-1, keepdim=True)
+            norm = change_norm(grafted, activation).unsqueeze(-1)  # the own_pass norm
             directions = position_directions(
                 step.keys, step.positions, seed, layer, activation.shape[-1]
             ).to(activation.device)

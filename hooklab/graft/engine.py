@@ -11,6 +11,10 @@ residual) is replaced by
   norms are recorded by that pass and handed to this one), so that only the direction
   differs. Directions are drawn per (prompt key, layer, position): independent of batching
   and padding.
+
+The random control's norm has one definition, :func:`change_norm`, and two named sources
+(:data:`RANDOM_NORM_SOURCES`): ``module_pass`` here (teacher-forced grafts, token support),
+``own_pass`` in free-running generation (:mod:`hooklab.generation.interventions`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = [
     "module_change_norms",
     "position_seed",
     "random_directions",
+    "RANDOM_NORM_SOURCES",
+    "change_norm",
     "mlp_out_hooks",
 ]
 
@@ -48,6 +54,26 @@ DIRECTIONS: dict[str, tuple[str, str]] = {
     "self-pt": ("pt", "pt"),
     "self-it": ("it", "it"),
 }
+
+
+#: The two named norm-matched random controls: where the module graft's change is measured.
+RANDOM_NORM_SOURCES = {
+    "module_pass": (
+        "the norm of the module graft's change at that layer and token in the module-graft "
+        "pass (whose earlier window layers are module-grafted): teacher-forced grafts"
+    ),
+    "own_pass": (
+        "the norm of the change the donor's MLP path would make to the random pass's own "
+        "residual at that layer and token (earlier window layers randomly perturbed): "
+        "free-running generation, where no module pass runs beside it"
+    ),
+}
+
+
+def change_norm(new_out: torch.Tensor, host_out: torch.Tensor) -> torch.Tensor:
+    """``‖new_out − host_out‖`` over ``d_model`` in float32, per token: the norm the random
+    control is matched to (``new_out``: the donor's MLP path on the host's residual)."""
+    return (new_out.float() - host_out.float()).norm(dim=-1)
 
 
 def position_seed(seed: int, key: str, layer: int, position: int) -> int:
@@ -156,7 +182,7 @@ def graft_hooks(
             else moe_part_output(host, donor, layer, mid, part, router=router)
         )
         if record_norms is not None:
-            record_norms[layer] = (grafted - activation).float().norm(dim=-1)
+            record_norms[layer] = change_norm(grafted, activation)
         return grafted
 
     def random_out(layer: int, activation: torch.Tensor) -> torch.Tensor:

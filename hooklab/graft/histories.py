@@ -111,9 +111,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_histories(folder: str | Path) -> list[History]:
     """Histories saved by a run: ``histories.jsonl``, a graft run's ``part-*.jsonl`` files,
     or a readout run's saved sequences (IT's same-history or native sequences, which are
-    the same tokens: IT's chat template and its greedy response)."""
+    the same tokens: IT's chat template and its greedy response); or one such JSONL file."""
     folder = Path(folder)
-    if (folder / HISTORIES_FILE).is_file():
+    if folder.is_file():
+        paths = [folder]
+    elif (folder / HISTORIES_FILE).is_file():
         paths = [folder / HISTORIES_FILE]
     elif (folder / "histories").is_dir():
         paths = sorted((folder / "histories").glob("part-*.jsonl"))

@@ -30,7 +30,7 @@ from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.lens import Lens
 from hooklab.metric_specs import METRICS, check_extra_metrics
-from hooklab.metrics import Workspace
+from hooklab.metrics import LATE_START_DEPTH, Workspace
 from hooklab.moe import check_parts
 from hooklab.stream import LensReadout, read_variants
 from hooklab.types import Direction, Mode, MoEPart, Router
@@ -70,7 +70,7 @@ class GraftConfig(Config):
     """Histories per forward pass."""
     seed: int = 0
     """Seed of the random control and of the bootstrap summaries."""
-    late_start_depth: float = 0.75
+    late_start_depth: float = LATE_START_DEPTH
     """First depth (layer / (L - 1)) of the late region; the final layer is never in it."""
     truncate_long_prompts: bool = False
     """Cut prompts longer than the model context (with a warning) instead of refusing them."""

@@ -8,7 +8,6 @@ from hooklab.mechanism.batches import HistoryBatch, history_batch
 from hooklab.mechanism.delta_cosine import (
     OppositionSummary,
     delta_cosines,
-    late_layers,
     opposition_summary,
 )
 from hooklab.mechanism.patching import (
@@ -38,6 +37,7 @@ from hooklab.mechanism.token_support import (
 
 # weight_change (the function) is not re-exported: it would shadow its own module here.
 from hooklab.mechanism.weight_change import MODULE_RULES, classify_tensor, weight_change_pivot
+from hooklab.metrics import late_layers  # the one late region (docs/definitions.md section 4)
 
 __all__ = [
     "CLASS_NAMES",

@@ -30,10 +30,11 @@ from hooklab import hooks
 from hooklab.architectures import model_device
 from hooklab.errors import HooklabError
 from hooklab.forward import HookFn
-from hooklab.stats import bootstrap_mean_ci, sign_flip_test
+from hooklab.metrics import LATE_START_DEPTH, late_layers, layers_label
+from hooklab.stats import bootstrap_mean_ci, in_prompt_order, sign_flip_test
 from hooklab.types import Bridge
 
-__all__ = ["COMPONENTS", "OppositionSummary", "delta_cosines", "opposition_summary", "late_layers"]
+__all__ = ["COMPONENTS", "OppositionSummary", "delta_cosines", "opposition_summary"]
 
 COMPONENTS: tuple[str, ...] = ("attn", "mlp", "block")
 _EPS = 1e-12
@@ -162,19 +163,6 @@ def delta_cosines(
     )
 
 
-def late_layers(n_layers: int, late_start_depth: float = 0.8) -> tuple[int, ...]:
-    """Layers with depth = layer / (L - 1) >= ``late_start_depth``.
-
-    >>> late_layers(26)  # depth >= 0.8: layers 20..25
-    (20, 21, 22, 23, 24, 25)
-    """
-    if not 0.0 <= late_start_depth <= 1.0:
-        raise HooklabError(f"late_start_depth={late_start_depth}: use a depth in [0, 1].")
-    denominator = max(n_layers - 1, 1)
-    threshold = late_start_depth - 1e-12  # depth 0.8 of 26 layers is 20 / 25 in floating point
-    return tuple(layer for layer in range(n_layers) if layer / denominator >= threshold)
-
-
 @dataclass(frozen=True)
 class OppositionSummary:
     """PT vs IT delta-cosine profiles and their late-region difference.
@@ -200,7 +188,7 @@ def _ci_row(values: np.ndarray, seed: int) -> dict[str, float]:
 def opposition_summary(
     frame_pt: pd.DataFrame,
     frame_it: pd.DataFrame,
-    late_start_depth: float = 0.8,
+    late_start_depth: float = LATE_START_DEPTH,
     *,
     value: str = "cosine",
     seed: int = 0,
@@ -210,7 +198,8 @@ def opposition_summary(
     Args:
         frame_pt, frame_it: :func:`delta_cosines` rows of the two models on the same histories
             (the same ``row`` labels).
-        late_start_depth: the late region is every layer of depth >= this.
+        late_start_depth: the late region is :func:`hooklab.metrics.late_layers` of it (depth
+            >= this, the final layer left out).
         value: the column summarised (``cosine`` or ``norm_ratio``).
 
     Returns:
@@ -226,25 +215,26 @@ def opposition_summary(
         )
     per_layer = []
     for model, frame in (("pt", frame_pt), ("it", frame_it)):
+        frame = in_prompt_order(frame, "row")  # bootstrap in prompt-id order
         for (component, layer), rows in frame.groupby(["component", "layer"], sort=False):
             per_layer.append(
                 {"model": model, "component": component, "layer": layer}
                 | _ci_row(rows[value].to_numpy(), seed)
             )
-    late_set = late_layers(len(layers), late_start_depth)
+    late_set = tuple(late_layers(len(layers), late_start_depth))
     late = []
     for component in dict.fromkeys(frame_pt["component"]):
         means = []
         for frame in (frame_pt, frame_it):
             rows = frame[(frame["component"] == component) & frame["layer"].isin(late_set)]
-            means.append(rows.groupby("row")[value].mean())
+            means.append(rows.groupby("row")[value].mean())  # sorted by prompt id
         difference = (means[1] - means[0].reindex(means[1].index)).to_numpy()
         late.append(
             {"component": component}
             | _ci_row(difference, seed)
             | {
                 "p_sign_flip": sign_flip_test(difference, seed=seed),
-                "late_layers": ",".join(map(str, late_set)),
+                "late_layers": layers_label(late_set),
             }
         )
     per_layer_frame = pd.DataFrame(per_layer)

@@ -31,9 +31,11 @@ def delta_cosine_figure(summary: OppositionSummary, *, metric: str = "cosine") -
     ]
     figure = make_subplots(rows=1, cols=len(components), shared_yaxes=True, subplot_titles=titles)
     n_layers = int(summary.per_layer["layer"].max()) + 1
-    # shade from half a layer before the first late layer, so one late layer is visible too
-    first = min(summary.late_layers, default=n_layers - 0.5)
+    # shade half a layer either side of the late region, so one late layer is visible too
+    first = min(summary.late_layers, default=n_layers - 1.5)
+    last = max(summary.late_layers, default=n_layers - 1.5)
     late_start = (first - 0.5) / max(n_layers - 1, 1)
+    late_end = (last + 0.5) / max(n_layers - 1, 1)
     for column, component in enumerate(components, start=1):
         for model in ("pt", "it"):
             per = summary.per_layer
@@ -64,7 +66,7 @@ def delta_cosine_figure(summary: OppositionSummary, *, metric: str = "cosine") -
             )
         figure.add_vrect(  # after the traces: plotly skips shapes on empty panels
             x0=late_start,
-            x1=1.0,
+            x1=late_end,
             fillcolor="rgba(127,127,127,0.12)",
             line_width=0,
             row=1,

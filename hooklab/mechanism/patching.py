@@ -37,8 +37,8 @@ from hooklab.forward import HookFn, ResidualStream, residual_stream, resume_resi
 from hooklab.graft.engine import DIRECTIONS
 from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
-from hooklab.metrics import Workspace, late_layers
-from hooklab.stats import bootstrap_mean_ci
+from hooklab.metrics import LATE_START_DEPTH, Workspace, late_layers, layers_label
+from hooklab.stats import bootstrap_mean_ci, in_prompt_order
 from hooklab.stream import read_variants
 from hooklab.types import Bridge
 
@@ -169,7 +169,7 @@ def run_patching(
     directions: Sequence[str] = ("it-to-pt",),
     components: Sequence[str] = tuple(COMPONENTS),
     windows: str | None = None,
-    late_start_depth: float = 0.75,
+    late_start_depth: float = LATE_START_DEPTH,
     batch_size: int = 4,
 ) -> pd.DataFrame:
     """Tidy patching effects: one row per (prompt, direction, component, layer or window).
@@ -251,6 +251,7 @@ def run_patching(
                                 "delta_late_kl": kl - baseline[0],
                                 "delta_teacher_logprob": teacher - baseline[1],
                                 "n_tokens": read.sum(dim=1).cpu().numpy(),
+                                "late_layers": layers_label(late),
                             }
                         )
                     )
@@ -273,6 +274,8 @@ def patching_summary(table: pd.DataFrame, *, seed: int = 0, level: float = 0.95)
     window)."""
     rows = []
     keys = ["direction", "component", "window", "layer", "window_start", "window_end"]
+    keys += ["late_layers"] if "late_layers" in table else []  # the read-out region
+    table = in_prompt_order(table)  # bootstrap in prompt-id order
     for key, group in table.groupby(keys, sort=False, observed=True):
         for metric in ("delta_late_kl", "delta_teacher_logprob"):
             ci = bootstrap_mean_ci(group[metric].to_numpy(), seed=seed, level=level)

@@ -12,15 +12,19 @@ and reduced to
   and of the ``host_top1`` token (the ungrafted host's top-1 at the final layer).
 
 Changes are grafted minus ungrafted, averaged over a prompt's read positions, then over the
-late layers (``delta_late``) or taken at the final layer (``delta_final``). The tokens whose
-final-layer log probability the graft raises or lowers most (mean over positions, then over
-prompts) are listed too. Logits are decoded one layer and ``chunk_rows`` positions at a time:
-never [layer, pos, d_vocab].
+late layers (``delta_late``) or taken at the final layer (``delta_final``). The tokens the
+graft promotes or suppresses most at the final layer are listed too, ranked by the change of
+their probability mass ``p_grafted(t) − p_host(t)`` (``rank_by="prob"``, the default) or of
+their log probability (``rank_by="logprob"``, which fills the list with near-zero-probability
+tokens whose log probability moves a lot), each a mean over positions, then over prompts.
+:attr:`TokenSupport.token_sums` keeps both per-token sums over prompts, so lists over several
+parts are exact (:func:`top_tokens` of the summed sums). Logits are decoded one layer and
+``chunk_rows`` positions at a time: never [layer, pos, d_vocab].
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +41,21 @@ from hooklab.graft.engine import DIRECTIONS, graft_hooks, module_change_norms
 from hooklab.graft.histories import History
 from hooklab.graft.windows import Window, parse_windows
 from hooklab.mechanism.token_classes import CLASS_NAMES, DYNAMIC_CLASSES, classify_vocabulary
-from hooklab.metrics import late_layers
-from hooklab.stats import bootstrap_mean_ci
+from hooklab.metrics import LATE_START_DEPTH, late_layers, layers_label
+from hooklab.stats import bootstrap_mean_ci, in_prompt_order
 
-__all__ = ["TokenSupport", "class_log_mass", "token_support", "resolve_window"]
+__all__ = [
+    "RANK_BY",
+    "TokenSupport",
+    "class_log_mass",
+    "describe_tokens",
+    "token_support",
+    "top_tokens",
+    "resolve_window",
+]
+
+#: how the promoted / suppressed token lists are ranked; the first is the default
+RANK_BY = ("prob", "logprob")
 
 
 def class_log_mass(
@@ -76,19 +91,27 @@ class TokenSupport:
             difference, ``n_tokens`` the positions averaged.
         per_prompt: one row per (prompt, quantity): ``delta_late`` (mean ``delta`` over the
             late layers) and ``delta_final`` (at the final layer).
-        tokens: the ``top_k`` most ``promoted`` and ``suppressed`` tokens: ``delta_logprob``
-            is the final-layer log-probability change, mean over positions then prompts.
+        tokens: the ``top_k`` most ``promoted`` and ``suppressed`` tokens (:func:`top_tokens`):
+            ``delta_prob`` / ``delta_logprob``, the final-layer change of the token's
+            probability / log probability, mean over positions then prompts.
+        token_sums: [2, d_vocab] float64, per token the sum over prompts of the prompt's mean
+            change of log probability (row 0) and of probability (row 1): what exact lists
+            over several parts add up.
+        n_prompts: the prompts summed in ``token_sums``.
     """
 
     layers: pd.DataFrame
     per_prompt: pd.DataFrame
     tokens: pd.DataFrame
+    token_sums: np.ndarray | None = None
+    n_prompts: int = 0
 
     def summary(self, *, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
         """Per quantity, the mean over prompts of ``delta_late`` and ``delta_final`` with
         bootstrap CIs (prompts are the units)."""
         rows = []
-        for quantity, group in self.per_prompt.groupby("quantity", sort=False, observed=True):
+        per_prompt = in_prompt_order(self.per_prompt)  # bootstrap in prompt-id order
+        for quantity, group in per_prompt.groupby("quantity", sort=False, observed=True):
             for column in ("delta_late", "delta_final"):
                 ci = bootstrap_mean_ci(group[column].to_numpy(), seed=seed, level=level)
                 rows.append(
@@ -122,11 +145,12 @@ def token_support(
     direction: str = "it-to-pt",
     mode: str = "module",
     codes: np.ndarray | None = None,
-    late_start_depth: float = 0.75,
+    late_start_depth: float = LATE_START_DEPTH,
     top_k: int = 10,
     batch_size: int = 4,
     chunk_rows: int = 64,
     seed: int = 0,
+    rank_by: str = RANK_BY[0],
 ) -> TokenSupport:
     """Token-class support of a graft of ``window`` in ``direction`` (see the module docstring).
 
@@ -144,7 +168,10 @@ def token_support(
         batch_size: histories per forward pass.
         chunk_rows: positions decoded at once.
         seed: seed of the random control.
+        rank_by: ``prob`` (default) or ``logprob``: how the token lists are ranked.
     """
+    if rank_by not in RANK_BY:
+        raise HooklabError(f"rank_by={rank_by!r}: use one of {', '.join(RANK_BY)}.")
     if direction not in DIRECTIONS:
         raise HooklabError(f"direction={direction!r}: use one of {', '.join(DIRECTIONS)}.")
     if mode not in ("module", "random"):
@@ -170,7 +197,7 @@ def token_support(
     late = late_layers(n_layers, late_start_depth)
     read_layers = [n_layers - 1, *late]  # the final layer first: it gives the host's top-1
     layer_rows: list[pd.DataFrame] = []
-    token_sum = torch.zeros(d_vocab, dtype=torch.float64, device=device)
+    token_sum = torch.zeros((2, d_vocab), dtype=torch.float64, device=device)  # log p, p
     pad = pair.tokenizer.pad_token_id
     for first in range(0, len(histories), batch_size):
         batch = histories[first : first + batch_size]
@@ -192,7 +219,7 @@ def token_support(
         n, n_q = rows.shape[0], len(names)
         sums = torch.zeros((2, len(read_layers), len(batch), n_q), dtype=torch.float64)
         counts = torch.zeros((len(batch), n_q), dtype=torch.float64)
-        batch_tokens = torch.zeros((len(batch), d_vocab), dtype=torch.float64, device=device)
+        batch_tokens = torch.zeros((2, len(batch), d_vocab), dtype=torch.float64, device=device)
         for start in range(0, n, chunk_rows):
             stop = min(start + chunk_rows, n)
             row, tgt = rows[start:stop], teacher[start:stop]
@@ -212,13 +239,14 @@ def token_support(
                     graft_lp = host_lp
                 if top1 is None:
                     top1 = host_lp.argmax(dim=-1)
-                    batch_tokens.index_add_(0, row, (graft_lp - host_lp).double())
+                    batch_tokens[0].index_add_(0, row, (graft_lp - host_lp).double())
+                    batch_tokens[1].index_add_(0, row, (graft_lp.exp() - host_lp.exp()).double())
                 for side, logprobs in enumerate((host_lp, graft_lp)):
                     values = _quantities(logprobs, onehot, tgt, top1)
                     values = torch.where(valid, values, torch.zeros_like(values))
                     sums[side, index].index_add_(0, row.cpu(), values.cpu())
         per_row = read.sum(dim=1).double().clamp_min(1).unsqueeze(1)
-        token_sum += (batch_tokens / per_row).sum(dim=0)
+        token_sum += (batch_tokens / per_row).sum(dim=1)
         means = sums / counts.clamp_min(1)
         layer_rows.append(_layer_frame(keys, read_layers, names, means, counts, n_layers))
     layers = pd.concat(layer_rows, ignore_index=True)
@@ -226,8 +254,10 @@ def token_support(
     layers.insert(2, "mode", mode)
     layers.insert(3, "window", window.name)
     per_prompt = _per_prompt(layers, late, n_layers)
-    tokens_frame = _top_tokens(token_sum / len(histories), codes, pair.tokenizer, top_k)
-    return TokenSupport(layers=layers, per_prompt=per_prompt, tokens=tokens_frame)
+    token_sums = token_sum.cpu().numpy()
+    describe = describe_tokens(codes, pair.tokenizer)
+    tokens_frame = top_tokens(token_sums, len(histories), describe, top_k, rank_by)
+    return TokenSupport(layers, per_prompt, tokens_frame, token_sums, len(histories))
 
 
 def _layer_frame(keys, read_layers, names, means, counts, n_layers) -> pd.DataFrame:
@@ -258,24 +288,57 @@ def _per_prompt(layers: pd.DataFrame, late: list[int], n_layers: int) -> pd.Data
     delta_late = late_rows.groupby(keys, sort=False)["delta"].mean().rename("delta_late")
     final = layers[layers["layer"] == n_layers - 1].set_index(keys)
     out = pd.concat([delta_late, final["delta"].rename("delta_final"), final["n_tokens"]], axis=1)
-    return out.reset_index()
+    return out.reset_index().assign(late_layers=layers_label(late))
 
 
-def _top_tokens(mean_delta: torch.Tensor, codes, tokenizer, top_k: int) -> pd.DataFrame:
-    k = min(top_k, mean_delta.shape[0])
+def describe_tokens(codes, tokenizer) -> Callable[[list[int]], tuple[list[str], list[str]]]:
+    """``ids -> (decoded tokens, class names)`` for :func:`top_tokens`."""
+
+    def describe(ids: list[int]) -> tuple[list[str], list[str]]:
+        tokens = tokenizer.batch_decode([[i] for i in ids])
+        return list(tokens), [CLASS_NAMES[int(codes[i])] for i in ids]
+
+    return describe
+
+
+def top_tokens(
+    sums: np.ndarray,
+    n_prompts: int,
+    describe: Callable[[list[int]], tuple[list[str], list[str]]],
+    top_k: int,
+    rank_by: str = RANK_BY[0],
+) -> pd.DataFrame:
+    """The ``top_k`` most promoted and suppressed tokens from per-token sums over prompts.
+
+    Args:
+        sums: [2, d_vocab], :attr:`TokenSupport.token_sums` (summed over parts for a run).
+        n_prompts: the prompts behind ``sums``: each token's value is ``sums / n_prompts``.
+        describe: ``ids -> (tokens, classes)`` (:func:`describe_tokens`).
+        top_k: tokens per list; rank_by: ``prob`` (default) or ``logprob``.
+
+    Returns:
+        Rows ``kind, rank, token_id, token, token_class, delta_logprob, delta_prob,
+        rank_by``; ties are broken by the smaller token id.
+    """
+    means = np.asarray(sums, dtype=np.float64) / max(n_prompts, 1)
+    key = means[0] if rank_by == "logprob" else means[1]
+    k = min(top_k, key.shape[0])
     frames = []
     for kind, largest in (("promoted", True), ("suppressed", False)):
-        values, ids = mean_delta.topk(k, largest=largest)
-        ids_list = ids.cpu().tolist()
+        order = np.lexsort((np.arange(key.shape[0]), -key if largest else key))[:k]
+        ids_list = [int(i) for i in order]
+        tokens, classes = describe(ids_list)
         frames.append(
             pd.DataFrame(
                 {
                     "kind": kind,
                     "rank": np.arange(k),
                     "token_id": ids_list,
-                    "token": tokenizer.batch_decode([[i] for i in ids_list]),
-                    "token_class": [CLASS_NAMES[int(codes[i])] for i in ids_list],
-                    "delta_logprob": values.cpu().numpy(),
+                    "token": tokens,
+                    "token_class": classes,
+                    "delta_logprob": means[0, order],
+                    "delta_prob": means[1, order],
+                    "rank_by": rank_by,
                 }
             )
         )

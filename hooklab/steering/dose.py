@@ -3,7 +3,7 @@
 The input is the long table of a ``steer`` run, one row per (prompt, arm, α, scorer) with the
 scorer's ``group`` (``governance``, ``content`` or ``lens``) and its ``value`` (NaN where the
 scorer does not apply). Prompts are the independent units: every interval is a bootstrap over
-prompts.
+prompts, resampled in prompt-id order (:func:`hooklab.stats.in_prompt_order`).
 
 * :func:`measure_scores`: per (prompt, arm, α) one value per *measure*: each scorer as it is,
   and each group's mean over its scorers, *oriented* so that higher means more assistant-like
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from hooklab.stats import bootstrap_mean_ci
+from hooklab.stats import bootstrap_mean_ci, in_prompt_order
 
 __all__ = [
     "REVERSED",
@@ -78,6 +78,7 @@ def dose_response(scores: pd.DataFrame, *, seed: int = 0, n_resamples: int = 200
     Returns rows ``arm, measure, alpha, mean, ci_low, ci_high, n_prompts``.
     """
     rows = []
+    scores = in_prompt_order(scores)  # resampled in prompt-id order, whatever the row order
     for (arm, measure, alpha), group in scores.groupby(["arm", "measure", "alpha"], sort=True):
         ci = bootstrap_mean_ci(group["value"].to_numpy(), seed=seed, n_resamples=n_resamples)
         rows.append(
@@ -134,6 +135,7 @@ def slope_table(slopes: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000)
     Returns rows ``arm, measure, slope, ci_low, ci_high, n_prompts``.
     """
     rows = []
+    slopes = in_prompt_order(slopes)
     for (arm, measure), group in slopes.groupby(["arm", "measure"], sort=True):
         ci = bootstrap_mean_ci(group["slope"].to_numpy(), seed=seed, n_resamples=n_resamples)
         rows.append(

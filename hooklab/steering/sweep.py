@@ -24,7 +24,7 @@ import torch
 from hooklab.atomic import atomic_write_csv
 from hooklab.config import Config, split_list
 from hooklab.errors import HooklabError
-from hooklab.graft.histories import make_histories
+from hooklab.graft.histories import History, load_histories, make_histories, save_histories
 from hooklab.graft.windows import parse_windows
 from hooklab.prompts import load_prompts, stop_token_ids
 from hooklab.steering.collect import collect_paired
@@ -88,6 +88,10 @@ class SteerConfig(Config):
     """Prompts whose shared histories the directions are computed from."""
     calibration_prompts: str = "builtin"
     """Prompt set of the calibration: 'builtin' or a JSONL file (its first N prompts)."""
+    calibration_histories: str | None = None
+    """Saved calibration histories (OUT/directions/calibration_histories.jsonl of a run, or a
+    folder holding histories.jsonl) to rebuild the directions from instead of generating them;
+    their prompts replace calibration / calibration_prompts."""
     directions: str | None = None
     """A saved direction file (save_directions) to use as the hook direction."""
     behaviour: str = "builtin"
@@ -196,8 +200,7 @@ def prepare_directions(pair: Any, config: SteerConfig) -> dict[str, Any]:
     layers = window_layers(config, pair.n_layers)
     arms = [parse_steer_arm(a, config.hook) for a in config.all_arms()]
     needed = sorted({a.source for a in arms} | {config.hook}, key=SOURCES.index)
-    prompts = load_prompts(config.calibration_prompts)[: config.calibration]
-    histories = make_histories(pair, prompts, max_new_tokens=config.history_tokens, progress=False)
+    histories = calibration_histories(pair, config)
     sets: dict[str, Directions] = {}
     tables: dict[str, pd.DataFrame] = {}
     for source in needed:
@@ -230,7 +233,37 @@ def prepare_directions(pair: Any, config: SteerConfig) -> dict[str, Any]:
     )
     tables["source_cosines"] = cosine_table({s: sets[s] for s in needed})
     tables["direction_tokens"] = direction_tokens(pair.it, sets[config.hook], pair.tokenizer, k=8)
-    return {"sets": sets, "tables": tables, "layers": layers, "digest": _digest(sets)}
+    return {
+        "sets": sets,
+        "tables": tables,
+        "layers": layers,
+        "digest": _digest(sets),
+        "calibration_histories": histories,
+    }
+
+
+#: the calibration histories' file in a run's ``directions/`` folder
+CALIBRATION_HISTORIES = "calibration_histories.jsonl"
+
+
+def calibration_histories(pair: Any, config: SteerConfig) -> list[History]:
+    """The shared histories the directions are computed from: ``config.calibration_histories``
+    when given (a saved file or folder, checked against the vocabulary), else IT's greedy
+    histories of the first ``calibration`` prompts of ``calibration_prompts``."""
+    if config.calibration_histories is None:
+        prompts = load_prompts(config.calibration_prompts)[: config.calibration]
+        return make_histories(pair, prompts, max_new_tokens=config.history_tokens, progress=False)
+    path = Path(config.calibration_histories)
+    histories = load_histories(path)
+    if not histories:
+        raise HooklabError(f"steer.calibration_histories={path}: no histories in it.")
+    for history in histories:
+        if max(history.tokens) >= pair.d_vocab:
+            raise HooklabError(
+                f"steer.calibration_histories={path}: prompt {history.prompt_id!r} has a token "
+                f"id outside this pair's vocabulary ({pair.d_vocab}); another model's histories?"
+            )
+    return histories
 
 
 def write_direction_set(context: dict[str, Any], out: Path, part_name: str) -> None:
@@ -246,6 +279,8 @@ def write_direction_set(context: dict[str, Any], out: Path, part_name: str) -> N
         save_directions(directions, scratch / name)
     for name, table in context["tables"].items():
         atomic_write_csv(scratch / f"{name}.csv", table)
+    if context.get("calibration_histories"):  # what rebuilds the directions from a run folder
+        save_histories(context["calibration_histories"], scratch, CALIBRATION_HISTORIES)
     try:
         os.rename(scratch, target)
     except OSError:  # another part got there first, with the same content

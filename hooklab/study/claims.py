@@ -4,8 +4,18 @@ merged tables (:mod:`hooklab.study.tables`).
 Each claim names a quantity with an expected sign. Its verdict comes from the 95% bootstrap CI
 over prompts: ``holds`` when the whole interval is on the expected side of 0, ``fails`` when it
 is entirely on the other side, ``inconclusive`` otherwise (or ``not run`` when the tables it
-needs are absent). Paired differences (module vs random, late vs mid / early) are computed per
-prompt from the graft table, then bootstrapped over prompts like every hooklab summary.
+needs are absent). The data cannot decide, and the verdict is ``inconclusive`` whatever the
+interval, with fewer than :data:`MIN_PROMPTS` prompts or a degenerate interval (no spread:
+``ci_low == ci_high``). Paired differences (module vs random, late vs mid / early) are computed
+per prompt from the graft table, then bootstrapped over prompts like every hooklab summary.
+
+``graft_vs_random`` tests the paper's two-part claim: the true late graft raises late KL more
+than the norm-matched random control (module − random, paired, > 0) **and** the random control
+alone is small: its CI includes 0, or its mean is at most :data:`RANDOM_SMALL_FRACTION` of the
+true graft's in size. ``random_late`` reports the random control alone beside the paper's
+figure for it. ``n_tokens`` has one meaning in every claim: the (prompt, position) pairs one
+model read, summed over the prompts behind the value (a gap claim under ``native``, where PT
+and IT read different positions, gives IT's count and names PT's in ``detail``).
 """
 
 from __future__ import annotations
@@ -17,9 +27,24 @@ import pandas as pd
 
 from hooklab.stats import bootstrap_mean_ci
 
-__all__ = ["Claim", "verdict", "evaluate_claims", "paired_difference"]
+__all__ = [
+    "Claim",
+    "MIN_PROMPTS",
+    "RANDOM_SMALL_FRACTION",
+    "decide",
+    "verdict",
+    "evaluate_claims",
+    "paired_difference",
+]
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
+
+#: fewer prompts than this cannot decide a claim (a percentile bootstrap over a handful of
+#: prompts is too narrow to trust): the verdict is ``inconclusive``
+MIN_PROMPTS = 10
+#: the random control is "small" when its mean is at most this share of the true graft's
+#: (an order of magnitude below it; the paper reports +0.003 vs +0.327, about 1%)
+RANDOM_SMALL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,14 @@ def verdict(low: float, high: float, sign: int) -> str:
     return INCONCLUSIVE
 
 
+def decide(low: float, high: float, sign: int, n_prompts: int) -> str:
+    """:func:`verdict`, but ``inconclusive`` below :data:`MIN_PROMPTS` prompts or with a
+    degenerate interval (``low == high``: the values have no spread, or one prompt)."""
+    if n_prompts < MIN_PROMPTS or not high > low:
+        return INCONCLUSIVE
+    return verdict(low, high, sign)
+
+
 def paired_difference(
     prompts: pd.DataFrame, a: dict[str, str], b: dict[str, str], *, seed: int = 0
 ) -> tuple[float, float, float, int, int]:
@@ -75,7 +108,7 @@ def paired_difference(
 
 def _claim(pair: str, name: str, statement: str, values, sign: int, **extra) -> Claim:
     mean, low, high, n, tokens = values
-    result = verdict(low, high, sign)
+    result = decide(low, high, sign, n)
     return Claim(pair, name, statement, mean, low, high, n, tokens, result, **extra)
 
 
@@ -109,9 +142,12 @@ def _gap_claims(pair: str, gap: pd.DataFrame | None) -> list[Claim]:
             out.append(_not_run(pair, name, statement, f"no {condition} readout"))
             continue
         row = rows.iloc[0]
-        tokens = int(row["n_tokens_pt"] + row["n_tokens_it"])
+        tokens = int(row["n_tokens_it"])  # positions one model read (PT's are in the detail)
         values = (row["mean"], row["ci_low"], row["ci_high"], int(row["n_prompts"]), tokens)
-        detail = f"IT - PT, late layers {row['late_layers']}, lens {row['lens']}"
+        detail = (
+            f"IT - PT, late layers {row['late_layers']}, lens {row['lens']}; "
+            f"positions read: IT {int(row['n_tokens_it'])}, PT {int(row['n_tokens_pt'])}"
+        )
         out.append(_claim(pair, name, statement, values, +1, detail=detail))
     return out
 
@@ -148,26 +184,7 @@ def _effect_claims(pair: str, prompts: pd.DataFrame | None, seed: int) -> list[C
         values = (ci.mean, ci.low, ci.high, ci.n, int(selected["n_tokens"].sum()))
         out.append(_claim(pair, name, statement, values, sign, paper=paper))
 
-    statement = "the late it-to-pt graft raises late KL more than the random control"
-    paper = "true late +0.327 vs random late +0.003"
-    if have("it-to-pt", "module", "late") and have("it-to-pt", "random", "late"):
-        base = {"direction": "it-to-pt", "window": "late"}
-        values = paired_difference(
-            rows, {**base, "mode": "module"}, {**base, "mode": "random"}, seed=seed
-        )
-        random = rows[
-            (rows["direction"] == "it-to-pt")
-            & (rows["mode"] == "random")
-            & (rows["window"] == "late")
-        ]
-        detail = f"module - random, paired; random alone {random['value'].mean():+.4f}"
-        out.append(
-            _claim(pair, "graft_vs_random", statement, values, +1, paper=paper, detail=detail)
-        )
-    else:
-        out.append(
-            _not_run(pair, "graft_vs_random", statement, "no late module and random graft", paper)
-        )
+    out += _versus_random(pair, rows, seed, have("it-to-pt", "module", "late"))
 
     for name, direction, sign, what in (
         ("late_strongest_sufficiency", "it-to-pt", +1, "sufficiency (it-to-pt raises)"),
@@ -184,7 +201,7 @@ def _effect_claims(pair: str, prompts: pd.DataFrame | None, seed: int) -> list[C
             for w in others
         }
         # the weakest comparison decides: every late - other difference must have the sign
-        verdicts = [verdict(d[1], d[2], sign) for d in diffs.values()]
+        verdicts = [decide(d[1], d[2], sign, d[3]) for d in diffs.values()]
         worst = min(diffs, key=lambda w: sign * diffs[w][0])
         overall = (
             FAILS if FAILS in verdicts else HOLDS if set(verdicts) == {HOLDS} else INCONCLUSIVE
@@ -195,6 +212,73 @@ def _effect_claims(pair: str, prompts: pd.DataFrame | None, seed: int) -> list[C
         )
         out.append(Claim(pair, name, statement, mean, low, high, n, tokens, overall, "", detail))
     return out
+
+
+def _late_mean(rows: pd.DataFrame, mode: str, seed: int) -> tuple[float, float, float, int, int]:
+    """The late it-to-pt ``mode`` effect alone: mean, CI, prompts, tokens (prompts in id order)."""
+    selected = rows[
+        (rows["direction"] == "it-to-pt") & (rows["mode"] == mode) & (rows["window"] == "late")
+    ].sort_values("prompt_id")
+    ci = bootstrap_mean_ci(selected["value"].to_numpy(), seed=seed)
+    return ci.mean, ci.low, ci.high, ci.n, int(selected["n_tokens"].sum())
+
+
+def _versus_random(pair: str, rows: pd.DataFrame, seed: int, have_module: bool) -> list[Claim]:
+    """``graft_vs_random`` (true graft > random, and random small) and ``random_late``."""
+    statement = (
+        "the late it-to-pt graft raises late KL more than the norm-matched random control, "
+        f"and the random control alone is small (CI includes 0, or |random| <= "
+        f"{RANDOM_SMALL_FRACTION:g} x |true graft|)"
+    )
+    alone = "the norm-matched random late control alone barely moves late KL"
+    paper, paper_random = "+0.324 (true +0.327 - random +0.003)", "+0.003 (true graft +0.327)"
+    has_random = not rows[
+        (rows["direction"] == "it-to-pt") & (rows["mode"] == "random") & (rows["window"] == "late")
+    ].empty
+    if not (have_module and has_random):
+        why = "no late module and random graft"
+        return [
+            _not_run(pair, "graft_vs_random", statement, why, paper),
+            _not_run(pair, "random_late", alone, why, paper_random),
+        ]
+    base = {"direction": "it-to-pt", "window": "late"}
+    difference = paired_difference(
+        rows, {**base, "mode": "module"}, {**base, "mode": "random"}, seed=seed
+    )
+    true, random = _late_mean(rows, "module", seed), _late_mean(rows, "random", seed)
+    includes_zero = random[1] <= 0.0 <= random[2]
+    small = includes_zero or abs(random[0]) <= RANDOM_SMALL_FRACTION * abs(true[0])
+    if random[3] < MIN_PROMPTS or not random[2] > random[1]:
+        small_verdict = INCONCLUSIVE
+    else:
+        small_verdict = HOLDS if small else FAILS
+    larger = decide(difference[1], difference[2], +1, difference[3])
+    verdicts = {larger, small_verdict}
+    overall = FAILS if FAILS in verdicts else HOLDS if verdicts == {HOLDS} else INCONCLUSIVE
+    detail = (
+        f"true graft {true[0]:+.4f} [{true[1]:+.4f}, {true[2]:+.4f}] (paper +0.327); "
+        f"random {random[0]:+.4f} [{random[1]:+.4f}, {random[2]:+.4f}] (paper +0.003), "
+        f"{abs(random[0]) / abs(true[0]) if true[0] else float('nan'):.3f} of the true graft; "
+        f"module > random: {larger}; random small: {small_verdict}"
+    )
+    mean, low, high, n, tokens = difference
+    return [
+        Claim(
+            pair, "graft_vs_random", statement, mean, low, high, n, tokens, overall, paper, detail
+        ),
+        Claim(
+            pair,
+            "random_late",
+            alone,
+            *random[:3],
+            random[3],
+            random[4],
+            small_verdict,
+            paper_random,
+            f"small: CI includes 0 or |random| <= {RANDOM_SMALL_FRACTION:g} x |true graft| "
+            f"({true[0]:+.4f})",
+        ),
+    ]
 
 
 def evaluate_claims(

@@ -64,13 +64,13 @@ def late_prompt_effects(study: StudySpec, metric: str = "kl_to_final") -> pd.Dat
     """Per pair, direction, mode, part, window and prompt: the late-region mean of
     ``delta_<metric>`` and the prompt's token count, from each graft run's merged table (the
     per-prompt values whose mean is ``effects.csv``'s ``mean``)."""
-    from hooklab.metrics import late_layers
+    from hooklab.metrics import LATE_START_DEPTH, late_layers
 
     frames = []
     for label, folder in _finished(study, "graft"):
         table = pd.read_parquet(folder / "graft.parquet")
         manifest = read_manifest(folder) or {"config": {}}
-        start = float(manifest["config"].get("late_start_depth", 0.75))
+        start = float(manifest["config"].get("late_start_depth", LATE_START_DEPTH))
         late = late_layers(int(table["n_layers"].iloc[0]), start)
         rows = table[table["layer"].isin(late) & (table["mode"] != "none")]
         keys = ["direction", "mode", "part", "window", "prompt_id"]
