@@ -366,10 +366,26 @@ def train_lens(
 def _read_corpus(path: Path) -> list[str]:
     if not path.is_file():
         raise HooklabError(f"corpus={str(path)!r}: no such file; pass a text or JSONL file.")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        return [json.loads(line)["text"] for line in lines]
-    return lines
+    from hooklab.jsonl import read_jsonl
+
+    if path.suffix != ".jsonl":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise HooklabError(
+                f"corpus={str(path)!r}: not UTF-8 text ({error.reason}); save it as UTF-8."
+            ) from None
+        return [line for line in text.split("\n") if line.strip()]
+    texts = []
+    for number, record in read_jsonl(path):
+        document = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(document, str):
+            raise HooklabError(
+                f"corpus={str(path)!r}, line {number}: expected an object with a string "
+                "'text'; fix the line or pass a plain text file (one document per line)."
+            )
+        texts.append(document)
+    return texts
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 from hooklab.behaviour.instructions import FORMAT_TYPES, validate_instruction
 from hooklab.errors import HooklabError
+from hooklab.jsonl import parse_jsonl
+from hooklab.prompt_files import check_unicode
 
 __all__ = ["BEHAVIOUR_CATEGORIES", "BehaviourPrompt", "load_behaviour_prompts"]
 
@@ -55,6 +56,7 @@ def _parse(record: Any, where: str) -> BehaviourPrompt:
     for key in ("id", "category", "text"):
         if not isinstance(record.get(key), str) or not record[key].strip():
             raise HooklabError(f"{where}: field {key!r} must be a non-empty string.")
+        check_unicode(record[key], f"{where}, field {key!r}")
     category = record["category"]
     if category not in BEHAVIOUR_CATEGORIES:
         raise HooklabError(
@@ -104,14 +106,8 @@ def load_behaviour_prompts(source: str | Path = "builtin") -> list[BehaviourProm
         text, origin = path.read_text(), str(path)
     prompts: list[BehaviourPrompt] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in parse_jsonl(text, origin):
         where = f"{origin}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise HooklabError(f"{where}: not valid JSON ({error.msg}).") from None
         prompt = _parse(record, where)
         if prompt.id in seen:
             raise HooklabError(f"{where}: id {prompt.id!r} repeats an earlier line's id.")

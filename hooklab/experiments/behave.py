@@ -40,6 +40,7 @@ from hooklab.errors import HooklabError
 from hooklab.experiment import Experiment, PartInput, PlanEstimate, register_experiment
 from hooklab.experiments._html import csv_table, heading
 from hooklab.generation.arms import DEFAULT_ARMS, parse_arm
+from hooklab.jsonl import read_jsonl
 
 __all__ = ["BehaveConfig", "BehaveExperiment", "JUDGE_RUBRIC"]
 
@@ -237,7 +238,7 @@ def read_generations(run_dir: Path) -> list[dict[str, Any]]:
     """Every generation record of a run folder (``generations/*.jsonl``, in part order)."""
     records = []
     for path in sorted((Path(run_dir) / GENERATIONS_DIR).glob("part-*.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records += [record for _, record in read_jsonl(path)]
     return records
 
 

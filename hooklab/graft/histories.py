@@ -15,6 +15,7 @@ from typing import Any
 from hooklab.atomic import atomic_write_text
 from hooklab.conditions import ReadSequence, build_sequences
 from hooklab.errors import HooklabError
+from hooklab.jsonl import jsonl_lines
 from hooklab.prompts import Prompt
 
 __all__ = [
@@ -82,12 +83,10 @@ def save_histories(
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise HooklabError(f"histories: cannot read {path} ({error}).") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             record = json.loads(line)
             records.append(
