@@ -23,7 +23,8 @@ KEY = "sk-secret-0123456789"
 
 
 def _completion(content: str) -> bytes:
-    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+    message = {"role": "assistant", "content": content}
+    return json.dumps({"choices": [{"message": message}]}).encode()
 
 
 class _Server:
@@ -197,7 +198,7 @@ def test_local_judges_in_same_named_folders_have_distinct_ids(tiny_pair, tmp_pat
 class _Fixed:
     id = "fixed"
 
-    def score(self, generation, rubric):
+    def score(self, generation, rubric):  # noqa: ARG002 - a judge's signature
         return 4.0
 
 
