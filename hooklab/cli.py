@@ -29,6 +29,14 @@ _COLUMNS = (
 )
 
 
+#: What the parity table's columns hold: softcap is a value, the others differences.
+PARITY_LEGEND = (
+    "Parity: softcap = the logit soft-cap the model applies ('-': none), a setting, not a "
+    "difference;\nthe other columns are max |difference| (hf_logits: bridge vs Hugging Face "
+    "eager):"
+)
+
+
 def _pair_parity(pair, hf_sources: dict[str, str] | None) -> list[dict]:
     from hooklab.parity import check_parity, probe_tokens
 
@@ -165,7 +173,7 @@ def parity(
     from hooklab.synthetic import TINY_SHAPES, write_tiny_pair
 
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="hooklab-demo-") as root:
+    with tempfile.TemporaryDirectory(prefix="hooklab-parity-") as root:
         for i, shape in enumerate(TINY_SHAPES):
             tiny = write_tiny_pair(shape, root)
             pair = load_pair(pt=tiny.pt, it=tiny.it, device="cpu")
@@ -174,7 +182,7 @@ def parity(
                 typer.echo(pair.compatibility.format() + "\n")
             for row in _pair_parity(pair, {"pt": str(tiny.pt), "it": str(tiny.it)}):
                 rows.append({"shape": shape, **row})
-    typer.echo("Parity (max |difference|; hf logits: bridge vs Hugging Face eager):")
+    typer.echo(PARITY_LEGEND)
     typer.echo(_format_parity(rows))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
