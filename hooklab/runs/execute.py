@@ -16,12 +16,22 @@ from tqdm.auto import tqdm
 from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
 from hooklab.experiment import PartInput, PlanEstimate
+from hooklab.graft.histories import prompt_digests
 from hooklab.prompts import prompt_set_hash
 from hooklab.runs.spec import RunSpec, load_spec
 from hooklab.runs.storage import PartStore, PromptPart, plan_parts, select_shard
 from hooklab.tables import MANIFEST
 
-__all__ = ["RunPlan", "plan_run", "run_spec", "run_shard", "merge_run", "run_info", "RUN_FILE"]
+__all__ = [
+    "RunPlan",
+    "plan_run",
+    "run_spec",
+    "run_shard",
+    "merge_run",
+    "run_info",
+    "read_run_identity",
+    "RUN_FILE",
+]
 
 RUN_FILE = "run.json"
 SPEC_FILE = "spec.toml"
@@ -149,6 +159,8 @@ def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> Non
         # the source files' hash, as read when the run started (not part of the identity:
         # a file whose prompts are unchanged, e.g. with a column added, still resumes)
         "prompt_source": spec.prompts.provenance(),
+        # each prompt's text digest, so that runs reusing these histories check their texts
+        "prompt_digests": prompt_digests(prompts),
         "parts": [dataclasses.asdict(p) for p in plan.parts],
     }
     atomic_write_text(path, json.dumps(payload, indent=2, default=list))
@@ -165,6 +177,19 @@ def _read_json(path: Path) -> dict[str, Any]:
             f"{path} is damaged ({error}); if the run folder was being written when it broke, "
             "delete the folder and run again."
         ) from None
+
+
+def read_run_identity(folder: str | Path) -> dict[str, Any]:
+    """What a run folder's ``run.json`` says the run is (experiment, pair, prompts, config,
+    ``prompt_set_hash``, ...).
+
+    Raises:
+        HooklabError: when the file is missing or damaged.
+    """
+    identity = _read_json(Path(folder) / RUN_FILE).get("run")
+    if not isinstance(identity, dict):
+        raise HooklabError(f"{Path(folder) / RUN_FILE} is damaged (no 'run' object); run again.")
+    return identity
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
