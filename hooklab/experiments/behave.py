@@ -22,6 +22,7 @@ merge writes ``arm_means.csv``, ``paired.csv``, ``gap_closed.csv`` (see
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -101,10 +102,10 @@ class BehaveConfig(Config):
                 f"behave.max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}: "
                 "both must be at least 1."
             )
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+        if not 0 < self.temperature < math.inf or not 0 < self.top_p <= 1:
             raise HooklabError(
-                f"behave.temperature={self.temperature}, top_p={self.top_p}: use a positive "
-                "temperature and top_p in (0, 1]."
+                f"behave.temperature={self.temperature}, top_p={self.top_p}: use a positive, "
+                "finite temperature and top_p in (0, 1]."
             )
         unknown = [s for s in self.scorers if s not in SCORERS]
         if unknown or not self.scorers:

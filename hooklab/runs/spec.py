@@ -277,7 +277,7 @@ class RunSpec:
         """Check everything that can be checked without weights; returns the layer count."""
         shape = self.pair.shape()
         self.kind.validate(self.experiment_config(), shape.n_layers)
-        _check_lens(getattr(self.config, "lens", None))
+        check_lens(getattr(self.config, "lens", None))
         prompts = self.prompts.load()
         if self.histories is not None:
             from hooklab.graft.histories import (
@@ -358,7 +358,7 @@ def _history_users() -> list[str]:
     return [name for name, e in registered_experiments().items() if e.uses_histories]
 
 
-def _check_lens(lens: Any) -> None:
+def check_lens(lens: Any) -> None:
     """A ``tuned:DIR`` lens must have DIR/pt and DIR/it (their contents are checked at load)."""
     if not isinstance(lens, str) or not lens.startswith("tuned:"):
         return
