@@ -18,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name TOML tables ([study]): print them as written
 )
 
 _COLUMNS = (
@@ -70,7 +71,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("hooklab-demo"),
     prompts: Annotated[str, typer.Option(help="JSONL prompt file, or 'builtin'.")] = "builtin",
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    device: DeviceOption = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:1.")] = "cpu",
 ) -> None:
     """The main job on the embedded pair: native and same-history readouts, a late / mid /
     early graft sweep with the random control, figures, token views and a report."""
@@ -265,15 +266,21 @@ PartSizeOption = Annotated[int, typer.Option(help="Prompts per stored part (the 
 
 
 def _execute(spec, *, shard: str | None, dry_run: bool, write_spec: Path | None) -> Path | None:
-    from hooklab.runs import parse_shard, plan_run, run_spec
+    from hooklab.runs import is_finished, parse_shard, plan_run, run_spec
 
-    if write_spec is not None:
-        write_spec.write_text(spec.to_toml())
+    if write_spec is not None:  # absolute paths: the file is read relative to its own folder
+        write_spec.write_text(spec.absolute().to_toml())
         typer.echo(f"wrote {write_spec}; run it with: hooklab run {write_spec}")
         return None
     plan = plan_run(spec)  # refuses a bad spec before any model loads
     if dry_run:
         typer.echo(plan.describe())
+        return None
+    if is_finished(spec):  # the same run (plan_run refuses another), already merged
+        typer.echo(
+            f"kept {plan.spec.out}: it already holds this finished run, nothing to do (pass "
+            "another --out to run it again)."
+        )
         return None
     path = run_spec(spec, shard=None if shard is None else parse_shard(shard))
     if path is None:
@@ -359,6 +366,7 @@ def train_lens(
             config=config,
             name_or_path=sources[side].name_or_path,
             revision=sources[side].commit or sources[side].revision,
+            label=f"tuned lens, {side}",
         )
         lens.save(out / side)
         report[side] = result.to_dict()
@@ -416,7 +424,9 @@ def families() -> None:
         )
 
 
-study_app = typer.Typer(help="Several experiments on several pairs as one study (the paper).")
+study_app = typer.Typer(
+    help="Several experiments on several pairs as one study (the paper).", rich_markup_mode=None
+)
 app.add_typer(study_app, name="study")
 StudyOption = Annotated[Path, typer.Argument(help="Study spec (TOML with a [study] table).")]
 StudyOut = Annotated[Path | None, typer.Option(help="Override the study's out folder.")]

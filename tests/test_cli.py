@@ -80,9 +80,7 @@ def test_demo_runs_the_main_job_on_the_embedded_pair(tmp_path, capsys):
     assert (tmp_path / "again" / "report.html").is_file()
 
 
-def test_parity_labels_the_softcap_as_a_value_and_names_its_temporary_folder(
-    monkeypatch, capsys
-):
+def test_parity_labels_the_softcap_as_a_value_and_names_its_temporary_folder(monkeypatch, capsys):
     import hooklab.synthetic
 
     roots = []

@@ -25,7 +25,14 @@ BEHAVIOUR_CATEGORIES = {
     "harmful": "mildly harmful requests that a model should refuse",
 }
 _FIELDS = frozenset({"id", "category", "text", "expected", "instructions"})
-_BUILTIN = {"builtin": "all.jsonl", "tiny": "tiny.jsonl"}
+#: Built-in sets, under their own names and under the names run prompts give them
+#: (``--prompts behaviour-tiny`` and ``--prompt-set behaviour-tiny`` name one set).
+_BUILTIN = {
+    "builtin": "all.jsonl",
+    "tiny": "tiny.jsonl",
+    "behaviour": "all.jsonl",
+    "behaviour-tiny": "tiny.jsonl",
+}
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,11 @@ def _parse(record: Any, where: str) -> BehaviourPrompt:
 
 
 def load_behaviour_prompts(source: str | Path = "builtin") -> list[BehaviourPrompt]:
-    """Behaviour prompts from ``"builtin"`` (hooklab's set, ``data/behaviour/all.jsonl``),
-    ``"tiny"`` (prompts in the embedded tiny pair's vocabulary, ``data/behaviour/tiny.jsonl``)
-    or a JSONL file of ``{"id", "category", "text", "expected"?, "instructions"?}`` lines.
+    """Behaviour prompts from ``"builtin"`` or ``"behaviour"`` (hooklab's set,
+    ``data/behaviour/all.jsonl``), ``"tiny"`` or ``"behaviour-tiny"`` (prompts in the embedded
+    tiny pair's vocabulary, ``data/behaviour/tiny.jsonl``; the second names are those of
+    :func:`hooklab.load_prompts`) or a JSONL file of
+    ``{"id", "category", "text", "expected"?, "instructions"?}`` lines.
 
     Raises:
         HooklabError: naming the file and line of an invalid prompt.
@@ -101,7 +110,8 @@ def load_behaviour_prompts(source: str | Path = "builtin") -> list[BehaviourProm
         path = Path(source)
         if not path.is_file():
             raise HooklabError(
-                f"source={str(source)!r}: no such file; pass 'builtin', 'tiny' or a JSONL file."
+                f"source={str(source)!r}: no such file; pass 'behaviour', 'behaviour-tiny' or "
+                "a JSONL file."
             )
         text, origin = path.read_text(), str(path)
     prompts: list[BehaviourPrompt] = []

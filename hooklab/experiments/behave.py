@@ -76,7 +76,7 @@ class BehaveConfig(Config):
     arms: tuple[str, ...] = DEFAULT_ARMS
     """Model arms (pt, it, pt+late:it, pt+late:random, it-skip:3, ...@raw)."""
     prompt_set: str = "builtin"
-    """Behaviour set the expected answers and instructions are read from, by prompt id: builtin, tiny or a JSONL file."""  # noqa: E501
+    """Behaviour set the expected answers and instructions are read from, by prompt id: behaviour (or builtin), behaviour-tiny (or tiny) or a JSONL file; the names --prompts uses."""  # noqa: E501
     max_new_tokens: int = 48
     """Most tokens generated per response."""
     batch_size: int = 8

@@ -2,6 +2,7 @@
 
 from hooklab.runs.execute import (
     RunPlan,
+    is_finished,
     merge_run,
     plan_run,
     read_run_identity,
@@ -20,6 +21,7 @@ __all__ = [
     "PromptSpec",
     "RunPlan",
     "RunSpec",
+    "is_finished",
     "load_spec",
     "merge_run",
     "parse_shard",

@@ -30,6 +30,7 @@ __all__ = [
     "merge_run",
     "run_info",
     "read_run_identity",
+    "is_finished",
     "RUN_FILE",
 ]
 
@@ -68,7 +69,12 @@ class RunPlan:
 
 
 def plan_run(spec: RunSpec) -> RunPlan:
-    """Validate ``spec`` (no weights loaded, nothing written) and estimate its work."""
+    """Validate ``spec`` (no weights loaded, nothing written) and estimate its work.
+
+    Local paths are made absolute against the working directory first (the run's
+    ``spec.toml`` records them so, and is read from anywhere).
+    """
+    spec = spec.absolute()
     n_layers = spec.validate()
     prompts = spec.prompts.load()
     parts = plan_parts([p.id for p in prompts], spec.execution.part_size)
@@ -235,6 +241,7 @@ def run_shard(
     spec: RunSpec, shard: tuple[int, int] = (0, 1), *, progress: bool = True
 ) -> list[str]:
     """Run the unfinished parts of one shard; returns the names of the parts it wrote."""
+    spec = spec.absolute()  # spec.toml is read relative to its own folder: record absolutes
     plan = plan_run(spec)
     prompts = spec.prompts.load()
     _check_or_write_run_file(spec, plan, prompts)
@@ -250,7 +257,8 @@ def run_shard(
     atomic_write_text(Path(spec.out) / LOADED_FILE, json.dumps(loaded, indent=2, default=str))
     by_id = {p.id: p for p in prompts}
     written = []
-    for part in tqdm(todo, desc=f"shard {shard[0]}/{shard[1]}", disable=not progress, unit="part"):
+    label = f"{spec.experiment} {Path(spec.out).name}, shard {shard[0]}/{shard[1]}"
+    for part in tqdm(todo, desc=label, disable=not progress, unit="part"):
         started = time.time()
         frame, batch_size = _run_part(
             spec, pair, context, [by_id[i] for i in part.prompt_ids], part
@@ -288,7 +296,10 @@ def run_spec(
     progress: bool = True,
     merge: bool = True,
 ) -> Path | None:
-    """Run a spec: one shard, all shards here, or all shards on Ray; merge when complete."""
+    """Run a spec: one shard, all shards here, or all shards on Ray; merge when complete.
+
+    Relative paths are read against the working directory (see :func:`plan_run`)."""
+    spec = spec.absolute()
     if shard is not None:
         run_shard(spec, shard, progress=progress)
     elif spec.execution.executor == "ray":
@@ -299,7 +310,6 @@ def run_spec(
                 "execution.executor='ray' needs Ray: pip install 'hooklab[ray]'."
             ) from None
         plan_run(spec)  # refuse a bad spec before starting workers
-        spec = spec.absolute()  # workers may start in another directory
         ray.init(
             address=spec.execution.ray_address,
             ignore_reinit_error=True,
@@ -319,6 +329,12 @@ def run_spec(
     if all(store.is_done(PromptPart(p["index"], tuple(p["prompt_ids"]))) for p in plan["parts"]):
         return merge_run(spec.out)
     return None
+
+
+def is_finished(spec: RunSpec) -> bool:
+    """Whether ``spec``'s out folder already holds its merged run (check it with
+    :func:`plan_run` first: that refuses a folder holding another run)."""
+    return (Path(spec.absolute().out) / MANIFEST).is_file()
 
 
 def merge_run(out_dir: str | Path) -> Path:
