@@ -214,6 +214,8 @@ def test_a_torn_last_cache_line_is_dropped_and_repaired(tmp_path):
     assert path.read_text() == whole  # the torn tail is cut, the next record starts a line
     reopened.score(_Fixed(), other, RUBRIC)
     assert len(JudgeCache(path)) == 2
+    path.write_text(whole.rstrip("\n"))  # whole, only its newline lost: kept, newline added
+    assert len(JudgeCache(path)) == 1 and path.read_text() == whole
 
 
 @pytest.mark.parametrize("score", ['"4"', "true", "7", "NaN", "[4]", "2.5"])

@@ -424,6 +424,14 @@ def cache_key(generation: Generation, judge_id: str, rubric: Rubric) -> str:
     return f"{digest}|{judge_id}|{rubric.name}@{rubric.version}"
 
 
+def _is_record(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("key"), str) and "score" in record
+
+
 class JudgeCache:
     """Judge scores cached in a JSONL file, keyed by :func:`cache_key`.
 
@@ -453,8 +461,12 @@ class JudgeCache:
             ) from None
         lines = list(jsonl_lines(text))
         if lines and not text.endswith("\n"):  # a write cut short: keep what was whole
-            self._repair(text)
-            lines = lines[:-1]
+            if _is_record(lines[-1][1]):
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write("\n")
+            else:
+                self._repair(text)
+                lines = lines[:-1]
         for number, line in lines:
             try:
                 record = json.loads(line)
