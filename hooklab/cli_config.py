@@ -137,14 +137,9 @@ def experiment_command(
             )
         )
     parameters += config_parameters(experiment.config_type, exclude=("seed",))
-    spec_types = (
-        (PairSpec, PromptSpec, ExecutionSpec)
-        if experiment.uses_prompts
-        else (
-            PairSpec,
-            ExecutionSpec,
-        )
-    )
+    spec_types = [PairSpec, PromptSpec, ExecutionSpec]
+    if not experiment.uses_prompts:
+        spec_types.remove(PromptSpec)
     for spec_type in spec_types:
         parameters += config_parameters(spec_type)
     parameters += [
