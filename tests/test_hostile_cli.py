@@ -32,6 +32,18 @@ def test_a_spec_written_with_relative_paths_runs_from_anywhere(tmp_path, monkeyp
     assert str(work / "runs" / "r") in printed
 
 
+def test_the_demos_spec_files_run_from_where_they_lie(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--limit", "1"]) == 0  # out = hooklab-demo, relative
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "hooklab-demo")  # anywhere else
+    for run in ("readout", "graft"):
+        spec = tmp_path / "hooklab-demo" / run / "spec.toml"
+        assert main(["run", str(spec)]) == 0
+        assert capsys.readouterr().out.startswith(f"kept {tmp_path / 'hooklab-demo' / run}")
+    assert not (tmp_path / "hooklab-demo" / "hooklab-demo").exists()
+
+
 def test_write_spec_writes_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "specs").mkdir()
