@@ -66,6 +66,8 @@ from hooklab.prompt_files import PromptColumns
 from hooklab.prompts import Prompt, load_prompts
 from hooklab.readout import ReadoutConfig, load_lenses, run_readout
 from hooklab.runs import ExecutionSpec, PairSpec, PromptSpec, RunSpec, load_spec, run_spec
+from hooklab.steering.sweep import SteerConfig, behaviour_file
+from hooklab.steering.sweep_figures import dose_response_figure
 from hooklab.summaries import (
     commitment_layers,
     commitment_summary,
@@ -137,6 +139,9 @@ __all__ = [
     "attention_entropy_figure",
     "delta_cosine_figure",
     "weight_change_figure",
+    "SteerConfig",
+    "behaviour_file",
+    "dose_response_figure",
     "write_tiny_pair",
     "build_random_model",
     "write_token_view",

@@ -18,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name TOML tables ([study]): print them as written
 )
 
 _COLUMNS = (
@@ -26,6 +27,14 @@ _COLUMNS = (
     ("resid_identity", 14),
     ("readout", 9),
     ("mlp_path", 9),
+)
+
+
+#: What the parity table's columns hold: softcap is a value, the others differences.
+PARITY_LEGEND = (
+    "Parity: softcap = the logit soft-cap the model applies ('-': none), a setting, not a "
+    "difference;\nthe other columns are max |difference| (hf_logits: bridge vs Hugging Face "
+    "eager):"
 )
 
 
@@ -91,7 +100,7 @@ def demo(
     pt: PtOption = None,
     it: ItOption = None,
     dtype: DtypeOption = "float32",
-    device: DeviceOption = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:1.")] = "cpu",
     trust_remote_code: TrustOption = False,
 ) -> None:
     """The main job on a pair (default: the embedded one): native and same-history readouts, a
@@ -152,7 +161,7 @@ def parity(
     from hooklab.synthetic import TINY_SHAPES, write_tiny_pair
 
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="hooklab-demo-") as root:
+    with tempfile.TemporaryDirectory(prefix="hooklab-parity-") as root:
         for i, shape in enumerate(TINY_SHAPES):
             tiny = write_tiny_pair(shape, root)
             pair = load_pair(pt=tiny.pt, it=tiny.it, device="cpu")
@@ -161,7 +170,7 @@ def parity(
                 typer.echo(pair.compatibility.format() + "\n")
             for row in _pair_parity(pair, {"pt": str(tiny.pt), "it": str(tiny.it)}):
                 rows.append({"shape": shape, **row})
-    typer.echo("Parity (max |difference|; hf logits: bridge vs Hugging Face eager):")
+    typer.echo(PARITY_LEGEND)
     typer.echo(_format_parity(rows))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -237,15 +246,21 @@ PartSizeOption = Annotated[int, typer.Option(help="Prompts per stored part (the 
 
 
 def _execute(spec, *, shard: str | None, dry_run: bool, write_spec: Path | None) -> Path | None:
-    from hooklab.runs import parse_shard, plan_run, run_spec
+    from hooklab.runs import is_finished, parse_shard, plan_run, run_spec
 
-    if write_spec is not None:
-        write_spec.write_text(spec.to_toml())
+    if write_spec is not None:  # absolute paths: the file is read relative to its own folder
+        write_spec.write_text(spec.absolute().to_toml())
         typer.echo(f"wrote {write_spec}; run it with: hooklab run {write_spec}")
         return None
     plan = plan_run(spec)  # refuses a bad spec before any model loads
     if dry_run:
         typer.echo(plan.describe())
+        return None
+    if is_finished(spec):  # the same run (plan_run refuses another), already merged
+        typer.echo(
+            f"kept {plan.spec.out}: it already holds this finished run, nothing to do (pass "
+            "another --out to run it again)."
+        )
         return None
     path = run_spec(spec, shard=None if shard is None else parse_shard(shard))
     if path is None:
@@ -331,6 +346,7 @@ def train_lens(
             config=config,
             name_or_path=sources[side].name_or_path,
             revision=sources[side].commit or sources[side].revision,
+            label=f"tuned lens, {side}",
         )
         lens.save(out / side)
         report[side] = result.to_dict()
@@ -346,10 +362,26 @@ def train_lens(
 def _read_corpus(path: Path) -> list[str]:
     if not path.is_file():
         raise HooklabError(f"corpus={str(path)!r}: no such file; pass a text or JSONL file.")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        return [json.loads(line)["text"] for line in lines]
-    return lines
+    from hooklab.jsonl import read_jsonl
+
+    if path.suffix != ".jsonl":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise HooklabError(
+                f"corpus={str(path)!r}: not UTF-8 text ({error.reason}); save it as UTF-8."
+            ) from None
+        return [line for line in text.split("\n") if line.strip()]
+    texts = []
+    for number, record in read_jsonl(path):
+        document = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(document, str):
+            raise HooklabError(
+                f"corpus={str(path)!r}, line {number}: expected an object with a string "
+                "'text'; fix the line or pass a plain text file (one document per line)."
+            )
+        texts.append(document)
+    return texts
 
 
 @app.command()
@@ -372,7 +404,9 @@ def families() -> None:
         )
 
 
-study_app = typer.Typer(help="Several experiments on several pairs as one study (the paper).")
+study_app = typer.Typer(
+    help="Several experiments on several pairs as one study (the paper).", rich_markup_mode=None
+)
 app.add_typer(study_app, name="study")
 StudyOption = Annotated[Path, typer.Argument(help="Study spec (TOML with a [study] table).")]
 StudyOut = Annotated[Path | None, typer.Option(help="Override the study's out folder.")]

@@ -7,8 +7,9 @@ singular name (``--directions`` / ``--direction``); a ``Literal`` field offers i
 :meth:`Config.from_dict`, so the CLI, a TOML spec and Python accept and refuse the same things.
 
 ``experiment_command(experiment)`` is the whole ``hooklab NAME`` command of an experiment: its
-config's options plus the pair, prompts and execution options (also generated from their
-specs) and ``--out``, ``--seed``, ``--shard``, ``--dry-run``, ``--write-spec``.
+config's options plus the pair, prompts (for experiments that read prompts) and execution
+options (also generated from their specs) and ``--out``, ``--seed``, ``--shard``,
+``--dry-run``, ``--write-spec``.
 """
 
 from __future__ import annotations
@@ -136,7 +137,10 @@ def experiment_command(
             )
         )
     parameters += config_parameters(experiment.config_type, exclude=("seed",))
-    for spec_type in (PairSpec, PromptSpec, ExecutionSpec):
+    spec_types = [PairSpec, PromptSpec, ExecutionSpec]
+    if not experiment.uses_prompts:
+        spec_types.remove(PromptSpec)
+    for spec_type in spec_types:
         parameters += config_parameters(spec_type)
     parameters += [
         _parameter("shard", str | None, None, "Run only shard i/n of the parts (e.g. 0/4)."),
@@ -152,7 +156,10 @@ def experiment_command(
             out=str(kwargs["out"]),
             seed=kwargs["seed"],
             pair=PairSpec.from_dict(options_to_dict(PairSpec, kwargs)),
-            prompts=PromptSpec.from_dict(options_to_dict(PromptSpec, kwargs)),
+            # a run without prompts is one part: the first prompt stands for the run
+            prompts=PromptSpec.from_dict(options_to_dict(PromptSpec, kwargs))
+            if experiment.uses_prompts
+            else PromptSpec(limit=1),
             execution=ExecutionSpec.from_dict(options_to_dict(ExecutionSpec, kwargs)),
             config=experiment.config_type.from_dict(
                 options_to_dict(experiment.config_type, kwargs), section=experiment.name

@@ -95,6 +95,8 @@ class Experiment(Generic[C]):
     """One line for ``hooklab --help``."""
     uses_histories: ClassVar[bool] = False
     """Whether a spec's ``histories = DIR`` (saved shared histories) applies."""
+    uses_prompts: ClassVar[bool] = True
+    """Whether the run reads prompts (its command offers ``--prompts``, ``--limit``...)."""
 
     # -- before any model loads ------------------------------------------------------------
     def validate(self, config: C, n_layers: int) -> None:  # noqa: B027 - optional hook

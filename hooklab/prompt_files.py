@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hooklab.errors import HooklabError
+from hooklab.jsonl import parse_jsonl
 
 __all__ = [
     "PromptColumns",
@@ -30,6 +31,7 @@ __all__ = [
     "source_sha256",
     "row_text",
     "row_field",
+    "check_unicode",
 ]
 
 #: A reader: (path, the columns it needs) -> rows as dicts (only the needed columns kept
@@ -65,16 +67,7 @@ def _read_jsonl(path: Path, needed: list[str]) -> tuple[list[dict[str, Any]], li
             raise HooklabError(f"{path}: not valid JSON ({error.msg}).") from None
         rows = [(f"line-{i + 1}", r) for i, r in enumerate(records)]
     else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"line-{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise HooklabError(
-                    f"{path}, line {number}: not valid JSON ({error.msg})."
-                ) from None
+        rows = [(f"line-{number}", value) for number, value in parse_jsonl(text, str(path))]
     out = []
     for where, record in rows:
         if not isinstance(record, dict):
@@ -115,16 +108,19 @@ def _read_parquet(path: Path, needed: list[str]) -> tuple[list[dict[str, Any]], 
 def _read_arrow(path: Path, needed: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     import pyarrow as pa
 
-    table = None
+    table, problem = None, None
     for open_ in (pa.ipc.open_stream, pa.ipc.open_file):  # save_to_disk writes the stream form
         try:
             with pa.memory_map(str(path)) as source:
                 table = open_(source).read_all()
             break
-        except pa.ArrowInvalid:
-            continue
+        except (pa.ArrowInvalid, OSError) as error:  # a truncated file is an OSError
+            problem = problem or error
     if table is None:
-        raise HooklabError(f"{path}: not a readable Arrow IPC file.")
+        raise HooklabError(
+            f"{path}: not a readable Arrow IPC file ({problem}); it may be truncated: copy or "
+            "save the dataset again."
+        )
     columns = list(table.column_names)
     return table.select([c for c in needed if c in columns]).to_pylist(), columns
 
@@ -261,6 +257,25 @@ def row_field(row: dict[str, Any], column: str) -> str | None:
     if _missing(value) or value == "":
         return None
     return str(value)
+
+
+def check_unicode(value: str, where: str) -> str:
+    """``value`` unchanged if it is valid Unicode (so it can be written as UTF-8).
+
+    Raises:
+        HooklabError: naming ``where`` when ``value`` holds a lone surrogate (what a JSON
+            escape such as ``"\\ud800"`` without its pair decodes to).
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = value[error.start : error.end]
+        raise HooklabError(
+            f"{where}: holds the lone surrogate {bad!r} (at character {error.start}), which "
+            "is not Unicode text and cannot be written; fix its \\u escape (a surrogate "
+            "needs its pair) or remove it."
+        ) from None
+    return value
 
 
 def source_sha256(source: str | Path, format: str = "auto") -> str:

@@ -21,7 +21,14 @@ from tqdm.auto import tqdm
 
 from hooklab.architectures import model_device
 from hooklab.errors import HooklabError
-from hooklab.prompt_files import PromptColumns, read_rows, row_field, row_text, source_sha256
+from hooklab.prompt_files import (
+    PromptColumns,
+    check_unicode,
+    read_rows,
+    row_field,
+    row_text,
+    source_sha256,
+)
 from hooklab.types import Bridge
 
 __all__ = [
@@ -115,11 +122,12 @@ def load_prompts(
                 f"{origin}, {where.replace('-', ' ')}: expected a non-empty {columns.text!r} "
                 f"string (or a chat with a user message), got {shown!r}."
             )
+        at = f"{origin}, {where.replace('-', ' ')}"
         prompts.append(
             Prompt(
-                row_field(row, columns.id) or where,
-                body,
-                row_field(row, columns.category) or "",
+                check_unicode(row_field(row, columns.id) or where, f"{at}, id"),
+                check_unicode(body, f"{at}, {columns.text!r}"),
+                check_unicode(row_field(row, columns.category) or "", f"{at}, category"),
             )
         )
     duplicates = sorted(i for i, n in Counter(p.id for p in prompts).items() if n > 1)

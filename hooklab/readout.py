@@ -122,6 +122,7 @@ def run_readout(
             prompts,
             config.conditions,
             max_new_tokens=config.max_new_tokens,
+            truncate_long_prompts=config.truncate_long_prompts,
             progress=progress,
         )
     categories = {p.id: p.category for p in prompts}

@@ -108,7 +108,7 @@ def test_http_judge_request_score_and_cache_hit(tmp_path, monkeypatch):
     reopened = JudgeCache(tmp_path / "cache.jsonl")
     assert reopened.score(judge, GEN, RUBRIC) == 4.0 and reopened.hits == 1
     record = json.loads((tmp_path / "cache.jsonl").read_text())
-    assert record["key"] == cache_key(GEN, "http:judge-model", RUBRIC) and record["reply"] == "4"
+    assert record["key"] == cache_key(GEN, judge.cache_id, RUBRIC) and record["reply"] == "4"
 
 
 def test_cache_key_separates_text_judge_and_rubric_version():
@@ -171,7 +171,7 @@ def test_http_judge_connection_failure_and_missing_key(monkeypatch):
 def test_local_hf_judge_runs_greedy_and_parses(tiny_pair, tmp_path):
     folder = tiny_pair("llama").it
     judge = LocalHFJudge(folder, max_new_tokens=4)
-    assert isinstance(judge, Judge) and judge.id == f"hf:{folder.name}"
+    assert isinstance(judge, Judge) and judge.id.startswith(f"hf:{folder.name}:")
     reply = judge.complete(RUBRIC.render(GEN))
     assert isinstance(reply, str)
     assert judge.complete(RUBRIC.render(GEN)) == reply  # greedy: deterministic

@@ -108,3 +108,23 @@ def test_demo_runs_on_any_pair_given_as_pt_and_it(tiny_pair, tmp_path, capsys):
     assert "late module graft it-to-pt" in captured.out
     assert "locked versions" not in captured.out + captured.err  # no shipped numbers to compare
     assert (tmp_path / "report.html").is_file() and (tmp_path / "graft" / "effects.csv").is_file()
+
+
+def test_parity_labels_the_softcap_as_a_value_and_names_its_temporary_folder(monkeypatch, capsys):
+    import hooklab.synthetic
+
+    roots = []
+    write = hooklab.synthetic.write_tiny_pair
+
+    def recording(shape, root):
+        roots.append(str(root))
+        return write(shape, root)
+
+    monkeypatch.setattr(hooklab.synthetic, "TINY_SHAPES", ("gemma3-softcap",))
+    monkeypatch.setattr(hooklab.synthetic, "write_tiny_pair", recording)
+    assert main(["parity"]) == 0
+    printed = capsys.readouterr().out
+    assert "softcap = the logit soft-cap" in printed and "max |difference|" in printed
+    header = next(line for line in printed.splitlines() if line.startswith("Parity"))
+    assert "softcap" in header.split("max |difference|")[0]
+    assert all("hooklab-parity-" in root and "demo" not in root for root in roots)

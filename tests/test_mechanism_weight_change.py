@@ -146,7 +146,7 @@ def test_mismatched_checkpoints_are_refused(tiny_pair, tmp_path):
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(HooklabError, match="only in PT"):
         weight_change(source, tmp_path)
-    with pytest.raises(HooklabError, match="no \\*.safetensors"):
+    with pytest.raises(HooklabError, match="no model.safetensors"):
         weight_change(source, tmp_path / "missing")
     shutil.rmtree(tmp_path)
 

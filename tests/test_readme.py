@@ -31,7 +31,8 @@ def test_readme_and_notebooks_import_only_the_public_api():
     texts = {"README.md": (ROOT / "README.md").read_text()}
     texts.update({p.name: p.read_text() for p in (ROOT / "notebooks").glob("*.ipynb")})
     for name, text in texts.items():
-        assert not re.search(r"from hooklab\.\w", text), f"{name} imports from a submodule"
+        assert not re.search(r"from\s+hooklab\.\w", text), f"{name} imports from a submodule"
+        assert not re.search(r"\bimport\s+hooklab\.\w", text), f"{name} imports a submodule"
         blocks = re.findall(r"from hooklab import \(([^)]*)\)", text)
         blocks += re.findall(r"from hooklab import ([\w, ]+)", text)
         for block in blocks:

@@ -201,7 +201,8 @@ def test_directions_round_trip_and_refuse_another_model(llama, tmp_path):
     save_directions(foreign, tmp_path / "foreign")
     with pytest.raises(hooklab.HooklabError, match="fingerprint"):
         load_directions(tmp_path / "foreign", llama.it)
-    wide = dataclasses.replace(directions, vectors=torch.zeros(2, llama.d_model + 1))
+    unit = torch.nn.functional.normalize(torch.ones(2, llama.d_model + 1), dim=-1)
+    wide = dataclasses.replace(directions, vectors=unit)
     save_directions(wide, tmp_path / "wide")
     with pytest.raises(hooklab.HooklabError, match="d_model"):
         load_directions(tmp_path / "wide", llama.it)

@@ -11,11 +11,17 @@ error; a transport failure or a malformed HTTP reply is a :class:`HooklabError`)
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import math
 import os
 import re
+import socket
+import ssl
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from hooklab.behaviour.scorers import Generation
 from hooklab.errors import HooklabError
+from hooklab.jsonl import jsonl_lines
 
 __all__ = ["HTTPJudge", "Judge", "JudgeCache", "LocalHFJudge", "Rubric", "cache_key"]
 
@@ -74,6 +81,15 @@ class Rubric:
         word = re.match(r"\W*([A-Za-z]+)", reply)
         return {"yes": 1.0, "no": 0.0}.get(word.group(1).lower()) if word else None
 
+    def accepts(self, score: object) -> bool:
+        """Whether ``score`` is one :meth:`parse` can return (a cached one is checked so)."""
+        if score is None:
+            return True
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            return False
+        allowed = (1.0, 2.0, 3.0, 4.0, 5.0) if self.scale == "1-5" else (0.0, 1.0)
+        return float(score) in allowed
+
 
 @runtime_checkable
 class Judge(Protocol):
@@ -101,7 +117,9 @@ class LocalHFJudge(_CompletionJudge):
     """A local Hugging Face causal LM folder as a judge: greedy, ``max_new_tokens`` tokens.
 
     The prompt goes through the tokenizer's chat template when it has one (one BOS), else
-    raw. The model loads on first use. ``id`` defaults to ``"hf:<folder name>"``.
+    raw. The model loads on first use. ``id`` defaults to ``"hf:<folder name>:<digest>"``,
+    the digest of the folder's resolved path, ``config.json`` and weight file names and sizes,
+    so that two judges in folders of one name do not share cached scores.
     """
 
     def __init__(
@@ -119,7 +137,8 @@ class LocalHFJudge(_CompletionJudge):
                 "Hugging Face checkpoint folder with its tokenizer."
             )
         self.max_new_tokens, self.device = max_new_tokens, device
-        self.id = id or f"hf:{self.folder.name}"
+        self.id = id or f"hf:{self.folder.name}:{_folder_fingerprint(self.folder)}"
+        self.cache_id = f"{self.id}|max_new_tokens={max_new_tokens}"
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -153,6 +172,94 @@ class LocalHFJudge(_CompletionJudge):
         return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
+def _folder_fingerprint(folder: Path) -> str:
+    """Eight hex digits naming a checkpoint folder: its path, config and weight files."""
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    digest.update((folder / "config.json").read_bytes())
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:8]
+
+
+class _NoCrossOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only within the request's origin (scheme, host, port), so an API
+    key is never sent elsewhere; any other redirect is a :class:`HooklabError`."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: PLR0913
+        if _origin(newurl) != _origin(req.full_url):
+            raise HooklabError(
+                f"HTTPJudge {_origin(req.full_url)}: HTTP {code} redirect to another origin "
+                f"({_origin(newurl)}), refused so that no API key is sent there; pass the "
+                "final endpoint as url."
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+class _Deadline:
+    """Shuts every socket opened for one request down when its time is up, so that a reply
+    dripped a byte at a time cannot hold a request past ``seconds`` in all."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self._timers: list[threading.Timer] = []
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def watch(self, sock: socket.socket) -> None:
+        timer = threading.Timer(max(self.end - time.monotonic(), 0.0), _shut, (sock,))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> Any:
+        deadline = self
+
+        class Connection(base):  # type: ignore[valid-type,misc]
+            def connect(self) -> None:
+                super().connect()
+                deadline.watch(self.sock)
+
+        return Connection
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _DeadlineHTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(self.deadline.connection(http.client.HTTPConnection), req)
+
+
+class _DeadlineHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req):
+        connection = self.deadline.connection(http.client.HTTPSConnection)
+        return self.do_open(connection, req, context=ssl.create_default_context())
+
+
 class HTTPJudge(_CompletionJudge):
     """An OpenAI-compatible chat-completions endpoint as a judge (``urllib``, no SDK).
 
@@ -161,11 +268,17 @@ class HTTPJudge(_CompletionJudge):
         model: the ``model`` field of the request.
         api_key_env: name of the environment variable holding the API key (sent as
             ``Authorization: Bearer``); ``None`` sends no key.
-        timeout: seconds per request.
+        timeout: seconds per attempt in all (connecting, sending and reading the whole
+            reply), not per read.
         retries: extra attempts after a connection error, a timeout, HTTP 429 or 5xx.
         backoff: seconds before the first retry, doubled for each next one.
         max_tokens: the reply's token limit (temperature is 0).
-        id: the cache id, ``"http:<model>"`` by default.
+        id: the judge's name, ``"http:<model>"`` by default. Cached scores are keyed by it,
+            the url and ``max_tokens`` together (:attr:`cache_id`).
+        max_reply_bytes: a longer reply is refused (never read whole, never cached).
+
+    Redirects are followed only within the url's origin: the API key goes nowhere else.
+    The key is blanked out of every error message.
     """
 
     def __init__(
@@ -179,13 +292,17 @@ class HTTPJudge(_CompletionJudge):
         backoff: float = 1.0,
         max_tokens: int = 16,
         id: str | None = None,
+        max_reply_bytes: int = 1 << 20,
     ):
         if not url.startswith(("http://", "https://")):
             raise HooklabError(f"HTTPJudge url={url!r}: expected an http:// or https:// URL.")
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise HooklabError(f"HTTPJudge timeout={timeout!r}: expected seconds > 0.")
         self.url, self.model, self.api_key_env = url, model, api_key_env
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self.max_tokens = max_tokens
+        self.max_tokens, self.max_reply_bytes = max_tokens, max_reply_bytes
         self.id = id or f"http:{model}"
+        self.cache_id = f"{self.id}|{url}|max_tokens={max_tokens}"
 
     def request_body(self, prompt: str) -> dict[str, Any]:
         """The JSON body sent for ``prompt``."""
@@ -208,27 +325,80 @@ class HTTPJudge(_CompletionJudge):
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _key(self) -> str | None:
+        return None if self.api_key_env is None else os.environ.get(self.api_key_env)
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the API key (and its URL-quoted form) blanked out."""
+        key = self._key()
+        if key:
+            for form in {key, urllib.parse.quote(key), urllib.parse.quote_plus(key)}:
+                text = text.replace(form, "<api key>")
+        return text
+
+    def _shown(self, body: bytes) -> str:
+        """The start of a reply for an error message, the key blanked out before cutting."""
+        return repr(self._redact(body[:4096].decode(errors="replace"))[:200])
+
+    def _attempt(self, request: urllib.request.Request) -> bytes:
+        """One request, bounded by :attr:`timeout` in all and :attr:`max_reply_bytes`."""
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(
+            _NoCrossOriginRedirects(), _DeadlineHTTP(deadline), _DeadlineHTTPS(deadline)
+        )
+        try:
+            with opener.open(request, timeout=self.timeout) as response:
+                body = self._read_bounded(response)
+        except (OSError, http.client.HTTPException) as error:
+            if deadline.passed and not isinstance(error, urllib.error.HTTPError):
+                raise TimeoutError(f"timed out after {self.timeout} s in all") from None
+            raise
+        finally:
+            deadline.cancel()
+        if deadline.passed:  # the socket was shut mid-reply: what came is not all of it
+            raise TimeoutError(f"timed out after {self.timeout} s in all")
+        return body
+
+    def _read_bounded(self, response: Any) -> bytes:
+        limit = self.max_reply_bytes
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise self._too_long(f"{int(length)} bytes announced")
+        chunks, size = [], 0
+        while chunk := response.read(min(1 << 16, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise self._too_long("more")
+        return b"".join(chunks)
+
+    def _too_long(self, what: str) -> HooklabError:
+        return HooklabError(
+            f"HTTPJudge {self.url}: reply longer than max_reply_bytes={self.max_reply_bytes} "
+            f"({what}); check the endpoint, or raise max_reply_bytes."
+        )
+
     def complete(self, prompt: str) -> str:
         data = json.dumps(self.request_body(prompt)).encode()
         request = urllib.request.Request(self.url, data=data, headers=self._headers())
         for attempt in range(self.retries + 1):
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read()
+                body = self._attempt(request)
                 break
             except urllib.error.HTTPError as error:
                 retryable = error.code == 429 or error.code >= 500
                 if not retryable or attempt == self.retries:
-                    detail = error.read()[:200].decode(errors="replace")
+                    detail = self._shown(error.read(4096))
                     raise HooklabError(
                         f"HTTPJudge {self.url}: HTTP {error.code} after {attempt + 1} "
-                        f"attempt(s): {detail!r}. Check the url, model and API key."
+                        f"attempt(s): {detail}. Check the url, model and API key."
                     ) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            except (OSError, http.client.HTTPException) as error:
                 if attempt == self.retries:
                     raise HooklabError(
                         f"HTTPJudge {self.url}: no reply after {attempt + 1} attempt(s) "
-                        f"({error}); check that the server runs, or raise timeout/retries."
+                        f"({self._redact(str(error))}); check that the server runs, or raise "
+                        "timeout/retries."
                     ) from None
             time.sleep(self.backoff * 2**attempt)
         return self._content(body)
@@ -240,7 +410,7 @@ class HTTPJudge(_CompletionJudge):
             content = None
         if not isinstance(content, str):
             raise HooklabError(
-                f"HTTPJudge {self.url}: malformed reply {body[:200]!r}; expected an "
+                f"HTTPJudge {self.url}: malformed reply {self._shown(body)}; expected an "
                 'OpenAI chat completion {"choices": [{"message": {"content": "..."}}]}.'
             )
         return content
@@ -254,30 +424,67 @@ def cache_key(generation: Generation, judge_id: str, rubric: Rubric) -> str:
     return f"{digest}|{judge_id}|{rubric.name}@{rubric.version}"
 
 
+def _is_record(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("key"), str) and "score" in record
+
+
 class JudgeCache:
     """Judge scores cached in a JSONL file, keyed by :func:`cache_key`.
 
     Each line is ``{"key", "judge", "rubric", "score", "reply"}`` (``reply`` only for judges
-    with a ``complete`` method); a ``None`` score (unparsable reply) is cached too. ``hits``
-    and ``misses`` count look-ups since the cache was opened.
+    with a ``complete`` method); a ``None`` score (unparsable reply) is cached too. A judge's
+    ``cache_id`` (its id with what else changes its replies: an HTTP judge's url and
+    ``max_tokens``), else its ``id``, is the key's judge part. A last line torn by a kill
+    mid-write is dropped (and cut from the file); a cached score the rubric could not have
+    given is an error. ``hits`` and ``misses`` count look-ups since the cache was opened.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._scores: dict[str, float | None] = {}
+        self._lines: dict[str, int] = {}
         self.hits = self.misses = 0
         if self.path.is_file():
-            for number, line in enumerate(self.path.read_text().splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    self._scores[record["key"]] = record["score"]
-                except (ValueError, KeyError, TypeError):
-                    raise HooklabError(
-                        f"JudgeCache {self.path}, line {number}: not a cache record; delete "
-                        "the file (or the line) to rebuild the cache."
-                    ) from None
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise HooklabError(
+                f"JudgeCache {self.path}: cannot read it ({error}); delete the file to rebuild "
+                "the cache."
+            ) from None
+        lines = list(jsonl_lines(text))
+        if lines and not text.endswith("\n"):  # a write cut short: keep what was whole
+            if _is_record(lines[-1][1]):
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write("\n")
+            else:
+                self._repair(text)
+                lines = lines[:-1]
+        for number, line in lines:
+            try:
+                record = json.loads(line)
+                key, score = record["key"], record["score"]
+                if not isinstance(key, str):
+                    raise TypeError(key)
+            except (ValueError, KeyError, TypeError):
+                raise HooklabError(
+                    f"JudgeCache {self.path}, line {number}: not a cache record; delete "
+                    "the file (or the line) to rebuild the cache."
+                ) from None
+            self._scores[key], self._lines[key] = score, number
+
+    def _repair(self, text: str) -> None:
+        """Cut a torn last line off the file so that the next record starts a line."""
+        whole = text[: text.rfind("\n") + 1]
+        with self.path.open("r+b") as handle:
+            handle.truncate(len(whole.encode("utf-8")))
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -287,10 +494,18 @@ class JudgeCache:
 
     def score(self, judge: Judge, generation: Generation, rubric: Rubric) -> float | None:
         """The cached score, or ``judge``'s score of ``generation`` (then cached)."""
-        key = cache_key(generation, judge.id, rubric)
+        key = cache_key(generation, getattr(judge, "cache_id", judge.id), rubric)
         if key in self._scores:
+            cached = self._scores[key]
+            if not rubric.accepts(cached):
+                line = self._lines.get(key, "?")
+                raise HooklabError(
+                    f"JudgeCache {self.path}, line {line}: score {cached!r} is "
+                    f"not one rubric {rubric.name!r} ({rubric.scale}) gives; delete the line "
+                    "(or the file) to score it again."
+                )
             self.hits += 1
-            return self._scores[key]
+            return cached
         self.misses += 1
         if isinstance(judge, _CompletionJudge):
             reply: str | None = judge.complete(rubric.render(generation))
@@ -305,7 +520,7 @@ class JudgeCache:
             "reply": reply,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
+        with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._scores[key] = value
         return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 from hooklab.behaviour.instructions import FORMAT_TYPES, validate_instruction
 from hooklab.errors import HooklabError
+from hooklab.jsonl import parse_jsonl
+from hooklab.prompt_files import check_unicode
 
 __all__ = ["BEHAVIOUR_CATEGORIES", "BehaviourPrompt", "load_behaviour_prompts"]
 
@@ -24,7 +25,14 @@ BEHAVIOUR_CATEGORIES = {
     "harmful": "mildly harmful requests that a model should refuse",
 }
 _FIELDS = frozenset({"id", "category", "text", "expected", "instructions"})
-_BUILTIN = {"builtin": "all.jsonl", "tiny": "tiny.jsonl"}
+#: Built-in sets, under their own names and under the names run prompts give them
+#: (``--prompts behaviour-tiny`` and ``--prompt-set behaviour-tiny`` name one set).
+_BUILTIN = {
+    "builtin": "all.jsonl",
+    "tiny": "tiny.jsonl",
+    "behaviour": "all.jsonl",
+    "behaviour-tiny": "tiny.jsonl",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ def _parse(record: Any, where: str) -> BehaviourPrompt:
     for key in ("id", "category", "text"):
         if not isinstance(record.get(key), str) or not record[key].strip():
             raise HooklabError(f"{where}: field {key!r} must be a non-empty string.")
+        check_unicode(record[key], f"{where}, field {key!r}")
     category = record["category"]
     if category not in BEHAVIOUR_CATEGORIES:
         raise HooklabError(
@@ -84,9 +93,11 @@ def _parse(record: Any, where: str) -> BehaviourPrompt:
 
 
 def load_behaviour_prompts(source: str | Path = "builtin") -> list[BehaviourPrompt]:
-    """Behaviour prompts from ``"builtin"`` (hooklab's set, ``data/behaviour/all.jsonl``),
-    ``"tiny"`` (prompts in the embedded tiny pair's vocabulary, ``data/behaviour/tiny.jsonl``)
-    or a JSONL file of ``{"id", "category", "text", "expected"?, "instructions"?}`` lines.
+    """Behaviour prompts from ``"builtin"`` or ``"behaviour"`` (hooklab's set,
+    ``data/behaviour/all.jsonl``), ``"tiny"`` or ``"behaviour-tiny"`` (prompts in the embedded
+    tiny pair's vocabulary, ``data/behaviour/tiny.jsonl``; the second names are those of
+    :func:`hooklab.load_prompts`) or a JSONL file of
+    ``{"id", "category", "text", "expected"?, "instructions"?}`` lines.
 
     Raises:
         HooklabError: naming the file and line of an invalid prompt.
@@ -99,19 +110,14 @@ def load_behaviour_prompts(source: str | Path = "builtin") -> list[BehaviourProm
         path = Path(source)
         if not path.is_file():
             raise HooklabError(
-                f"source={str(source)!r}: no such file; pass 'builtin', 'tiny' or a JSONL file."
+                f"source={str(source)!r}: no such file; pass 'behaviour', 'behaviour-tiny' or "
+                "a JSONL file."
             )
         text, origin = path.read_text(), str(path)
     prompts: list[BehaviourPrompt] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in parse_jsonl(text, origin):
         where = f"{origin}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise HooklabError(f"{where}: not valid JSON ({error.msg}).") from None
         prompt = _parse(record, where)
         if prompt.id in seen:
             raise HooklabError(f"{where}: id {prompt.id!r} repeats an earlier line's id.")

@@ -22,6 +22,7 @@ merge writes ``arm_means.csv``, ``paired.csv``, ``gap_closed.csv`` (see
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,7 @@ from hooklab.errors import HooklabError
 from hooklab.experiment import Experiment, PartInput, PlanEstimate, register_experiment
 from hooklab.experiments._html import csv_table, heading
 from hooklab.generation.arms import DEFAULT_ARMS, parse_arm
+from hooklab.jsonl import read_jsonl
 
 __all__ = ["BehaveConfig", "BehaveExperiment", "JUDGE_RUBRIC"]
 
@@ -74,7 +76,7 @@ class BehaveConfig(Config):
     arms: tuple[str, ...] = DEFAULT_ARMS
     """Model arms (pt, it, pt+late:it, pt+late:random, it-skip:3, ...@raw)."""
     prompt_set: str = "builtin"
-    """Behaviour set the expected answers and instructions are read from, by prompt id: builtin, tiny or a JSONL file."""  # noqa: E501
+    """Behaviour set the expected answers and instructions are read from, by prompt id: behaviour (or builtin), behaviour-tiny (or tiny) or a JSONL file; the names --prompts uses."""  # noqa: E501
     max_new_tokens: int = 48
     """Most tokens generated per response."""
     batch_size: int = 8
@@ -100,10 +102,10 @@ class BehaveConfig(Config):
                 f"behave.max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}: "
                 "both must be at least 1."
             )
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+        if not 0 < self.temperature < math.inf or not 0 < self.top_p <= 1:
             raise HooklabError(
-                f"behave.temperature={self.temperature}, top_p={self.top_p}: use a positive "
-                "temperature and top_p in (0, 1]."
+                f"behave.temperature={self.temperature}, top_p={self.top_p}: use a positive, "
+                "finite temperature and top_p in (0, 1]."
             )
         unknown = [s for s in self.scorers if s not in SCORERS]
         if unknown or not self.scorers:
@@ -237,7 +239,7 @@ def read_generations(run_dir: Path) -> list[dict[str, Any]]:
     """Every generation record of a run folder (``generations/*.jsonl``, in part order)."""
     records = []
     for path in sorted((Path(run_dir) / GENERATIONS_DIR).glob("part-*.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records += [record for _, record in read_jsonl(path)]
     return records
 
 

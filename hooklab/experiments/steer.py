@@ -52,6 +52,7 @@ from hooklab.steering.dose import (
     slope_table,
     specificity,
 )
+from hooklab.steering.io import load_directions
 from hooklab.steering.sweep import (
     DIRECTIONS_DIR,
     SteerArm,
@@ -243,6 +244,8 @@ class SteerExperiment(Experiment[SteerConfig]):
             window_layers(config, n_layers)
         except HooklabError as error:
             raise HooklabError(f"steer.layers: {error}") from None
+        if config.directions is not None:  # a damaged file is refused before models load
+            load_directions(config.directions)
 
     def plan(self, config: SteerConfig, n_prompts: int, n_layers: int) -> PlanEstimate:  # noqa: ARG002
         cells = n_prompts * len(config.all_arms()) * len(config.alpha_grid)

@@ -2,7 +2,8 @@
 tensor (library: :mod:`hooklab.mechanism.weight_change`).
 
 It needs no prompts: the first part of the run (``part-00000``) reads the two checkpoints once
-and holds every row; the other parts are empty (give ``--limit 1`` for a run of one part).
+and holds every row; the other parts are empty. Its command has no prompt options and runs
+one part (``limit = 1``).
 Checkpoints are the pair's local folders; a hub id is read from the local Hugging Face cache
 (``snapshot_download(local_files_only=True)``), never downloaded.
 """
@@ -85,6 +86,7 @@ class WeightChangeExperiment(Experiment[WeightChangeConfig]):
     config_type = WeightChangeConfig
     table = "weight_change"
     summary = "Relative change and cosine of every weight tensor, PT vs IT (no prompts)."
+    uses_prompts = False
 
     def plan(self, config: WeightChangeConfig, n_prompts: int, n_layers: int) -> PlanEstimate:  # noqa: ARG002
         # about a dozen tensors per layer (attention, MLP, norms) plus embeddings

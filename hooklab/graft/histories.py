@@ -6,6 +6,7 @@ repeated on exactly the same tokens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from typing import Any
 from hooklab.atomic import atomic_write_text
 from hooklab.conditions import ReadSequence, build_sequences
 from hooklab.errors import HooklabError
+from hooklab.jsonl import jsonl_lines
 from hooklab.prompts import Prompt
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "save_histories",
     "load_histories",
     "check_histories",
+    "check_history_prompts",
+    "prompt_digests",
     "save_sequences",
 ]
 
@@ -82,12 +86,10 @@ def save_histories(
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise HooklabError(f"histories: cannot read {path} ({error}).") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             record = json.loads(line)
             records.append(
@@ -172,6 +174,38 @@ def check_histories(
                 f"vocabulary of {vocab_size}: these histories come from another model."
             )
     return by_id
+
+
+def prompt_digests(prompts: Sequence[Prompt]) -> dict[str, str]:
+    """Each prompt's id -> the SHA-256 of its text (a run folder records them in run.json)."""
+    return {p.id: hashlib.sha256(p.text.encode("utf-8")).hexdigest() for p in prompts}
+
+
+def check_history_prompts(folder: str | Path, prompts: Sequence[Prompt]) -> None:
+    """Refuse histories made from other texts under the same prompt ids.
+
+    The run folder's ``run.json`` records each prompt's text digest (folders written before
+    it did are not checked).
+
+    Raises:
+        HooklabError: naming the prompts whose text differs from the histories' prompts.
+    """
+    path = Path(folder) / "run.json"  # hooklab.runs.execute.RUN_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("prompt_digests")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(recorded, dict):
+        return
+    ours = prompt_digests(prompts)
+    changed = [i for i, digest in ours.items() if i in recorded and recorded[i] != digest]
+    if changed:
+        raise HooklabError(
+            f"histories={str(folder)!r}: {len(changed)} prompt(s) have the same id but another "
+            f"text than the run those histories came from ({', '.join(changed[:5])}"
+            f"{'…' if len(changed) > 5 else ''}); pass that run's prompts, or leave histories "
+            "out to generate them for these texts."
+        )
 
 
 def save_sequences(sequences: Sequence[ReadSequence], folder: str | Path, name: str) -> Path:

@@ -107,6 +107,13 @@ class GraftConfig(Config):
                 "copies the donor's whole hook_mlp_out."
             )
         check_extra_metrics(self.metrics, "metrics")
+        from hooklab.readout import parse_lens_spec  # readout imports graft's neighbours
+
+        parse_lens_spec(self.lens)
+        if not 0.0 < self.late_start_depth <= 1.0:  # NaN fails this too
+            raise HooklabError(
+                f"late_start_depth={self.late_start_depth}: use a depth in (0, 1], e.g. 0.75."
+            )
 
 
 def prompt_means(readout: LensReadout) -> dict[str, np.ndarray]:

@@ -141,6 +141,7 @@ def train_tuned_lens(
     name_or_path: str = "",
     revision: str | None = None,
     progress: bool = True,
+    label: str = "tuned lens",
 ) -> tuple[TunedLens, TunedLensTrainResult]:
     """Train a tuned lens for ``model`` on ``texts``; report held-out KL before and after.
 
@@ -154,6 +155,7 @@ def train_tuned_lens(
         name_or_path: recorded as ``base_model_name_or_path``.
         revision: recorded as ``base_model_revision``.
         progress: show a progress bar.
+        label: the progress bar's label (say which side it trains).
     """
     config = config or TunedLensTrainConfig()
     lens = lens or TunedLens.from_model(model, name_or_path=name_or_path, revision=revision)
@@ -176,7 +178,7 @@ def train_tuned_lens(
     n_layers = int(model.cfg.n_layers)
     device = model_device(model)
     tokens_seen = 0
-    bar = tqdm(range(steps), desc="tuned lens", disable=not progress, unit="step")
+    bar = tqdm(range(steps), desc=label, disable=not progress, unit="step")
     with _frozen(model):
         for step in bar:
             rows = torch.arange(step * config.batch_size, (step + 1) * config.batch_size)

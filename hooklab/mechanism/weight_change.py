@@ -136,24 +136,79 @@ def classify_tensor(name: str, rules: tuple[ModuleRule, ...] = MODULE_RULES) -> 
     return TensorKind("other", "other", None, None, None)
 
 
+#: The single weights file Hugging Face loads when a folder has no index.
+WEIGHTS_FILE = "model.safetensors"
+
+
 def checkpoint_tensors(folder: str | Path) -> dict[str, Path]:
-    """Map every tensor name of a safetensors checkpoint folder to the file that holds it."""
+    """Map every tensor name of a safetensors checkpoint folder to the file that holds it.
+
+    Exactly the files the model loads are read: those ``model.safetensors.index.json`` names,
+    else ``model.safetensors``; any other ``*.safetensors`` in the folder is ignored.
+
+    Raises:
+        HooklabError: naming the folder and file when the index or a weights file is missing,
+            malformed or truncated, or a tensor the index names is not in its file.
+    """
     folder = Path(folder)
     index = folder / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: folder / file for name, file in sorted(weight_map.items())}
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+        weight_map = _read_index(index)
+    elif (folder / WEIGHTS_FILE).is_file():
+        weight_map = None
+    else:
+        stray = sorted(p.name for p in folder.glob("*.safetensors"))
         raise HooklabError(
-            f"folder={str(folder)!r} holds no *.safetensors file nor {INDEX_FILE}; pass a "
-            "checkpoint folder saved in the safetensors format."
+            f"folder={str(folder)!r} holds no {WEIGHTS_FILE} nor {INDEX_FILE}"
+            + (f" (only {', '.join(stray[:3])}, which a model does not load)" if stray else "")
+            + "; pass a checkpoint folder saved in the safetensors format (no *.safetensors "
+            "file a model loads there)."
         )
-    out: dict[str, Path] = {}
-    for file in files:
-        with safe_open(file, framework="pt") as handle:
-            out.update({name: file for name in handle.keys()})
-    return dict(sorted(out.items()))
+    files = sorted(set(weight_map.values())) if weight_map is not None else [WEIGHTS_FILE]
+    held = {file: _tensor_names(folder, file) for file in files}
+    if weight_map is None:
+        return {name: folder / WEIGHTS_FILE for name in sorted(held[WEIGHTS_FILE])}
+    for name, file in weight_map.items():
+        if name not in held[file]:
+            raise HooklabError(
+                f"{index}: names tensor {name!r} in {file}, which does not hold it; the "
+                "checkpoint is incomplete: download it again."
+            )
+    return {name: folder / file for name, file in sorted(weight_map.items())}
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    try:
+        raw = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise HooklabError(f"{index}: not a readable JSON index ({error}).") from None
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and Path(v).name == v and v
+        for k, v in weight_map.items()
+    ):
+        raise HooklabError(
+            f"{index}: expected an object with a 'weight_map' of tensor name -> shard file "
+            "name (in the same folder); download the checkpoint again."
+        )
+    return weight_map
+
+
+def _tensor_names(folder: Path, file: str) -> set[str]:
+    path = folder / file
+    if not path.is_file():
+        raise HooklabError(
+            f"{folder / INDEX_FILE}: names the shard {file}, which is not in the folder; "
+            "download the checkpoint again."
+        )
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return set(handle.keys())
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error type
+        raise HooklabError(
+            f"{path}: not a readable safetensors file ({error}); it may be truncated: "
+            "download it again."
+        ) from None
 
 
 def _blocks(piece, shape: list[int], lead: tuple[int, ...]) -> Iterator[torch.Tensor]:

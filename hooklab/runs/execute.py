@@ -16,12 +16,23 @@ from tqdm.auto import tqdm
 from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
 from hooklab.experiment import PartInput, PlanEstimate
+from hooklab.graft.histories import prompt_digests
 from hooklab.prompts import prompt_set_hash
 from hooklab.runs.spec import RunSpec, load_spec
 from hooklab.runs.storage import PartStore, PromptPart, plan_parts, select_shard
 from hooklab.tables import MANIFEST
 
-__all__ = ["RunPlan", "plan_run", "run_spec", "run_shard", "merge_run", "run_info", "RUN_FILE"]
+__all__ = [
+    "RunPlan",
+    "plan_run",
+    "run_spec",
+    "run_shard",
+    "merge_run",
+    "run_info",
+    "read_run_identity",
+    "is_finished",
+    "RUN_FILE",
+]
 
 RUN_FILE = "run.json"
 SPEC_FILE = "spec.toml"
@@ -58,7 +69,12 @@ class RunPlan:
 
 
 def plan_run(spec: RunSpec) -> RunPlan:
-    """Validate ``spec`` (no weights loaded, nothing written) and estimate its work."""
+    """Validate ``spec`` (no weights loaded, nothing written) and estimate its work.
+
+    Local paths are made absolute against the working directory first (the run's
+    ``spec.toml`` records them so, and is read from anywhere).
+    """
+    spec = spec.absolute()
     n_layers = spec.validate()
     prompts = spec.prompts.load()
     parts = plan_parts([p.id for p in prompts], spec.execution.part_size)
@@ -149,6 +165,8 @@ def _check_or_write_run_file(spec: RunSpec, plan: RunPlan, prompts: list) -> Non
         # the source files' hash, as read when the run started (not part of the identity:
         # a file whose prompts are unchanged, e.g. with a column added, still resumes)
         "prompt_source": spec.prompts.provenance(),
+        # each prompt's text digest, so that runs reusing these histories check their texts
+        "prompt_digests": prompt_digests(prompts),
         "parts": [dataclasses.asdict(p) for p in plan.parts],
     }
     atomic_write_text(path, json.dumps(payload, indent=2, default=list))
@@ -165,6 +183,19 @@ def _read_json(path: Path) -> dict[str, Any]:
             f"{path} is damaged ({error}); if the run folder was being written when it broke, "
             "delete the folder and run again."
         ) from None
+
+
+def read_run_identity(folder: str | Path) -> dict[str, Any]:
+    """What a run folder's ``run.json`` says the run is (experiment, pair, prompts, config,
+    ``prompt_set_hash``, ...).
+
+    Raises:
+        HooklabError: when the file is missing or damaged.
+    """
+    identity = _read_json(Path(folder) / RUN_FILE).get("run")
+    if not isinstance(identity, dict):
+        raise HooklabError(f"{Path(folder) / RUN_FILE} is damaged (no 'run' object); run again.")
+    return identity
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -210,6 +241,7 @@ def run_shard(
     spec: RunSpec, shard: tuple[int, int] = (0, 1), *, progress: bool = True
 ) -> list[str]:
     """Run the unfinished parts of one shard; returns the names of the parts it wrote."""
+    spec = spec.absolute()  # spec.toml is read relative to its own folder: record absolutes
     plan = plan_run(spec)
     prompts = spec.prompts.load()
     _check_or_write_run_file(spec, plan, prompts)
@@ -225,7 +257,8 @@ def run_shard(
     atomic_write_text(Path(spec.out) / LOADED_FILE, json.dumps(loaded, indent=2, default=str))
     by_id = {p.id: p for p in prompts}
     written = []
-    for part in tqdm(todo, desc=f"shard {shard[0]}/{shard[1]}", disable=not progress, unit="part"):
+    label = f"{spec.experiment} {Path(spec.out).name}, shard {shard[0]}/{shard[1]}"
+    for part in tqdm(todo, desc=label, disable=not progress, unit="part"):
         started = time.time()
         frame, batch_size = _run_part(
             spec, pair, context, [by_id[i] for i in part.prompt_ids], part
@@ -263,7 +296,10 @@ def run_spec(
     progress: bool = True,
     merge: bool = True,
 ) -> Path | None:
-    """Run a spec: one shard, all shards here, or all shards on Ray; merge when complete."""
+    """Run a spec: one shard, all shards here, or all shards on Ray; merge when complete.
+
+    Relative paths are read against the working directory (see :func:`plan_run`)."""
+    spec = spec.absolute()
     if shard is not None:
         run_shard(spec, shard, progress=progress)
     elif spec.execution.executor == "ray":
@@ -274,7 +310,6 @@ def run_spec(
                 "execution.executor='ray' needs Ray: pip install 'hooklab[ray]'."
             ) from None
         plan_run(spec)  # refuse a bad spec before starting workers
-        spec = spec.absolute()  # workers may start in another directory
         ray.init(
             address=spec.execution.ray_address,
             ignore_reinit_error=True,
@@ -294,6 +329,12 @@ def run_spec(
     if all(store.is_done(PromptPart(p["index"], tuple(p["prompt_ids"]))) for p in plan["parts"]):
         return merge_run(spec.out)
     return None
+
+
+def is_finished(spec: RunSpec) -> bool:
+    """Whether ``spec``'s out folder already holds its merged run (check it with
+    :func:`plan_run` first: that refuses a folder holding another run)."""
+    return (Path(spec.absolute().out) / MANIFEST).is_file()
 
 
 def merge_run(out_dir: str | Path) -> Path:

@@ -213,6 +213,10 @@ class ExecutionSpec(Config):
             raise HooklabError(f"execution.num_gpus={self.num_gpus} must be >= 0.")
 
 
+#: Seeds are below this (numpy's and torch's generators both take them).
+MAX_SEED = 2**63
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """A whole run: one experiment (its typed ``config``) on one pair over a prompt set.
@@ -232,6 +236,15 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         kind = get_experiment(self.experiment)
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < MAX_SEED
+        ):
+            raise HooklabError(
+                f"seed={self.seed!r}: expected an integer from 0 to 2**63 - 1 (what every "
+                "random generator hooklab seeds accepts); pass e.g. seed = 0."
+            )
         config = self.config if self.config is not None else kind.config_type()
         if experiment_for_config(config) is not kind:
             raise HooklabError(
@@ -264,14 +277,19 @@ class RunSpec:
         """Check everything that can be checked without weights; returns the layer count."""
         shape = self.pair.shape()
         self.kind.validate(self.experiment_config(), shape.n_layers)
-        _check_lens(getattr(self.config, "lens", None))
+        check_lens(getattr(self.config, "lens", None))
         prompts = self.prompts.load()
         if self.histories is not None:
-            from hooklab.graft.histories import check_histories, load_histories
+            from hooklab.graft.histories import (
+                check_histories,
+                check_history_prompts,
+                load_histories,
+            )
 
             check_histories(
                 load_histories(self.histories), [p.id for p in prompts], vocab_size=shape.d_vocab
             )
+            check_history_prompts(self.histories, prompts)
         return shape.n_layers
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,7 +358,7 @@ def _history_users() -> list[str]:
     return [name for name, e in registered_experiments().items() if e.uses_histories]
 
 
-def _check_lens(lens: Any) -> None:
+def check_lens(lens: Any) -> None:
     """A ``tuned:DIR`` lens must have DIR/pt and DIR/it (their contents are checked at load)."""
     if not isinstance(lens, str) or not lens.startswith("tuned:"):
         return

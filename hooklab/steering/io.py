@@ -62,6 +62,65 @@ def save_directions(directions: Directions, path: str | Path) -> Path:
     return tensor_path
 
 
+#: How far from 1 a direction's norm may be (float32 rounding of a unit vector).
+NORM_TOLERANCE = 1e-3
+
+
+def _read_files(
+    path: str | Path, tensor_path: Path, json_path: Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The sidecar and the tensors of a direction file, their form checked."""
+    where = f"path={str(path)!r}"
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise HooklabError(f"{where}: {json_path.name} is not JSON ({error}).") from None
+    if not isinstance(meta, dict) or not all(
+        isinstance(meta.get(k), t) for k, t in (("hook", str), ("source", str), ("layers", list))
+    ):
+        raise HooklabError(
+            f"{where}: {json_path.name} is not a direction sidecar (expected an object with "
+            "'hook', 'source' and 'layers'); write the files with save_directions."
+        )
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error type
+        raise HooklabError(
+            f"{where}: {tensor_path.name} is not a readable safetensors file ({error}); it may "
+            "be truncated: copy it again or recompute the directions."
+        ) from None
+    _check_tensors(tensors, f"{where}: {tensor_path.name}")
+    return meta, tensors
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse tensors that cannot be unit directions: wrong shape or dtype, NaN or inf,
+    rows whose norm is neither 1 nor 0, no direction at all."""
+    vectors, layers = tensors.get("directions"), tensors.get("layers")
+    if vectors is None or layers is None:
+        raise HooklabError(f"{where}: expected tensors 'directions' and 'layers' there.")
+    if vectors.ndim != 2 or not vectors.is_floating_point() or layers.ndim != 1:
+        raise HooklabError(
+            f"{where}: 'directions' is {vectors.dtype} of shape {tuple(vectors.shape)} and "
+            f"'layers' of shape {tuple(layers.shape)}; expected float [layer, d_model] and "
+            "[layer]."
+        )
+    if layers.is_floating_point() or layers.shape[0] != vectors.shape[0]:
+        raise HooklabError(f"{where}: 'layers' must hold one integer layer per direction row.")
+    for name in ("directions", "mean_projection", "gain"):
+        value = tensors.get(name)
+        if value is not None and not bool(torch.isfinite(value.float()).all()):
+            raise HooklabError(f"{where}: {name!r} holds NaN or inf; recompute the directions.")
+    norms = vectors.float().norm(dim=-1)
+    unit = (norms - 1).abs() <= NORM_TOLERANCE
+    if not bool((unit | (norms == 0)).all()) or not bool(unit.any()):
+        raise HooklabError(
+            f"{where}: direction norms {[round(float(n), 4) for n in norms[:6]]}; expected "
+            "unit rows (0 where a layer has no direction) and at least one direction. "
+            "Normalise them, or recompute them with hooklab."
+        )
+
+
 def load_directions(path: str | Path, model: Any | None = None) -> Directions:
     """Read a direction file, checked against ``model`` when given.
 
@@ -75,12 +134,8 @@ def load_directions(path: str | Path, model: Any | None = None) -> Directions:
             f"path={str(path)!r}: expected {tensor_path.name} and {json_path.name} there; "
             "write them with save_directions."
         )
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-        tensors = load_file(str(tensor_path))
-        vectors, layers = tensors["directions"], tuple(int(x) for x in tensors["layers"])
-    except (OSError, ValueError, KeyError) as error:
-        raise HooklabError(f"path={str(path)!r}: not a direction file ({error!r}).") from None
+    meta, tensors = _read_files(path, tensor_path, json_path)
+    vectors, layers = tensors["directions"], tuple(int(x) for x in tensors["layers"])
     if list(layers) != list(meta.get("layers", [])):
         raise HooklabError(f"path={str(path)!r}: the layer lists of the two files disagree.")
     if model is not None:

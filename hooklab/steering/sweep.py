@@ -11,6 +11,7 @@ with the stability tables and the direction's promoted / suppressed tokens;
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -134,9 +135,9 @@ def _parse_alphas(text: str) -> tuple[float, ...]:
         values = tuple(float(x) for x in split_list(text))
     except ValueError:
         values = ()
-    if not values or len(set(values)) != len(values):
+    if not values or len(set(values)) != len(values) or not all(map(math.isfinite, values)):
         raise HooklabError(
-            f"steer.alphas={text!r}: expected distinct comma-separated numbers, e.g. "
+            f"steer.alphas={text!r}: expected distinct, finite comma-separated numbers, e.g. "
             "'0,0.5,1,1.5,2'."
         )
     return values

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from hooklab.atomic import atomic_write_text
 from hooklab.errors import HooklabError
-from hooklab.runs import load_spec, run_spec
+from hooklab.prompts import prompt_set_hash
+from hooklab.runs import load_spec, read_run_identity, run_spec
 from hooklab.study.spec import StudySpec, load_study
 from hooklab.tables import MANIFEST
 
-__all__ = ["StudyRun", "run_study", "run_pair", "study_runs"]
+__all__ = ["StudyRun", "check_study_folder", "run_study", "run_pair", "study_runs"]
 
 STUDY_FILE = "study.toml"
 
@@ -45,8 +46,42 @@ def study_runs(study: StudySpec) -> list[tuple[str, str, Path]]:
     ]
 
 
+def check_study_folder(study: StudySpec) -> None:
+    """Refuse an out folder that holds something other than this study (nothing written).
+
+    A study's folder is new, empty, or holds ``study.toml`` or a run of one of its pairs;
+    any other folder may hold the user's own ``report.html`` or ``claims.csv``.
+    """
+    out = study.out_dir
+    if out.exists() and not out.is_dir():
+        raise HooklabError(f"study out={str(out)!r} is a file; name a folder for the study.")
+    if not out.is_dir() or (out / STUDY_FILE).is_file():
+        return
+    if any(
+        (out / label).is_dir() and any((out / label).glob("*/spec.toml"))
+        for label in study.labels()
+    ):
+        return
+    stray = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if stray:
+        raise HooklabError(
+            f"study out={str(out)!r} is not empty and holds no hooklab study "
+            f"({', '.join(stray[:3])}{'…' if len(stray) > 3 else ''}): choose a new or empty "
+            "folder (its files would be overwritten)."
+        )
+
+
 def _same_run(spec, folder: Path) -> None:
-    """Refuse to skip a finished folder that holds another run than ``spec``."""
+    """Refuse to skip a finished folder that holds another run than ``spec``: another spec,
+    or the same spec over prompts whose files changed since (their content is compared)."""
+    recorded = read_run_identity(folder).get("prompt_set_hash")
+    if recorded != prompt_set_hash(spec.prompts.load()):
+        raise HooklabError(
+            f"{folder} holds a finished run over other prompts than the study's now (the "
+            f"prompt file {spec.prompts.source!r} changed since: prompt_set_hash {recorded} "
+            "there); restore the file, or remove that run (or use another study out folder) "
+            "to run it on the new prompts."
+        )
     done = load_spec(folder / "spec.toml", out=str(folder)).to_dict()
     wanted = spec.to_dict()
     differences = [k for k in sorted(set(done) | set(wanted)) if done.get(k) != wanted.get(k)]
@@ -101,6 +136,7 @@ def run_study(
     labels = study.labels() if pairs is None else pairs
     for label in labels:
         study.pair(label)
+    check_study_folder(study)
     out = study.out_dir
     out.mkdir(parents=True, exist_ok=True)
     if study_file is not None:

@@ -29,6 +29,7 @@ folders from their config, instantiated on PyTorch's ``meta`` device (no weights
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,15 @@ class CostModel(Config):
     """Assumed tokens of a (chat-templated) prompt."""
 
     def __post_init__(self) -> None:
-        if self.peak_tflops <= 0 or not 0 < self.utilisation <= 1 or self.prompt_tokens < 1:
+        if (
+            not 0 < self.peak_tflops < math.inf
+            or not 0 < self.utilisation <= 1
+            or self.prompt_tokens < 1
+        ):
             raise HooklabError(
-                "study.cost: peak_tflops must be > 0, utilisation in (0, 1], prompt_tokens >= 1."
+                f"study.cost: peak_tflops={self.peak_tflops}, utilisation={self.utilisation}, "
+                f"prompt_tokens={self.prompt_tokens}: peak_tflops must be finite and > 0, "
+                "utilisation in (0, 1], prompt_tokens >= 1."
             )
 
     def describe(self) -> str:
@@ -97,6 +104,8 @@ class PairSize:
     d_vocab: int
     source: str
     """'catalog' or 'config'."""
+    n_ctx: int | None = None
+    """The model's context length (``max_position_embeddings``), where known."""
 
 
 def _active(n_params: int, shape: dict[str, Any]) -> int:
@@ -108,6 +117,11 @@ def _active(n_params: int, shape: dict[str, Any]) -> int:
     moe_layers = int(shape["num_hidden_layers"]) - int(shape.get("first_k_dense_replace", 0))
     per_expert = 3 * int(shape["hidden_size"]) * int(width)  # gate, up and down projections
     return n_params - (int(routed) - int(used)) * per_expert * moe_layers
+
+
+def _context(shape: dict[str, Any]) -> int | None:
+    value = shape.get("max_position_embeddings")
+    return int(value) if value else None
 
 
 def pair_size(pair: StudyPair) -> PairSize:
@@ -140,6 +154,7 @@ def pair_size(pair: StudyPair) -> PairSize:
         d_model=int(shape["hidden_size"]),
         d_vocab=int(shape["vocab_size"]),
         source=source,
+        n_ctx=_context(shape),
     )
 
 
@@ -164,17 +179,35 @@ class PlanRow:
         return self.weights_gib + self.activations_gib
 
 
+def _check_context(study: StudySpec, pair: StudyPair, size: PairSize, cost: CostModel) -> None:
+    """Refuse responses that cannot fit the model's context with the assumed prompt."""
+    if size.n_ctx is None:
+        return
+    for experiment in study.experiments:
+        config = study.run_spec(pair, experiment, histories=False).experiment_config()
+        new = max(int(getattr(config, f, 0) or 0) for f in ("max_new_tokens", "history_tokens"))
+        if cost.prompt_tokens + new > size.n_ctx:
+            raise HooklabError(
+                f"study pair {pair.label!r}, {experiment}: {new} new tokens + "
+                f"{cost.prompt_tokens} prompt tokens exceed the model's context of "
+                f"{size.n_ctx} tokens; lower response_tokens (or max_new_tokens)."
+            )
+
+
 def plan_study(
     study: StudySpec, *, n_prompts: int | None = None, cost: CostModel | None = None
 ) -> list[PlanRow]:
     """Every run's estimate (validates the study; loads no weights). ``n_prompts`` replaces
     the prompt set's size (e.g. to price a larger set)."""
+    if n_prompts is not None and (isinstance(n_prompts, bool) or n_prompts < 1):
+        raise HooklabError(f"n_prompts={n_prompts}: price at least 1 prompt (or leave it out).")
     study.validate(check_devices=False)
     cost = cost or CostModel.from_dict(study.cost, section="study.cost")
     count = len(study.prompts.load()) if n_prompts is None else n_prompts
     rows = []
     for pair in study.pairs:
         size = pair_size(pair)
+        _check_context(study, pair, size, cost)
         dtype_bytes = _DTYPE_BYTES[pair.pair.dtype]
         sides = 1 if pair.pair.offload else 2
         for experiment in study.experiments:

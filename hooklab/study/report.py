@@ -14,7 +14,7 @@ from hooklab.atomic import atomic_write_csv, atomic_write_text
 from hooklab.study.claims import evaluate_claims
 from hooklab.study.figures import commitment_delay, write_study_figures
 from hooklab.study.spec import StudySpec
-from hooklab.study.tables import collect_tables, write_tables
+from hooklab.study.tables import STUDY_TABLES, TABLES_DIR, collect_tables, write_tables
 from hooklab.tables import MANIFEST
 from hooklab.viz.browser import find_browser, screenshot
 from hooklab.viz.report import _href, write_report
@@ -36,18 +36,29 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def write_study_outputs(study: StudySpec, *, pair_reports: bool = True) -> Path:
-    """Write every study output of the finished runs; returns ``report.html``'s path."""
+    """Write every study output of the finished runs; returns ``report.html``'s path.
+
+    Outputs of an earlier call that this one does not write (an experiment dropped from the
+    spec) are removed, so that no table or figure stands beside claims that say "not run".
+    """
+    from hooklab.study.execute import check_study_folder
+
+    check_study_folder(study)
     out = study.out_dir
-    write_tables(study)
+    written = set(write_tables(study).values())
     tables = collect_tables(study)
     figures = write_study_figures(tables, out / "figures")
+    written |= set(figures)
     if find_browser() is not None:
         for path in figures:
-            screenshot(path, path.with_suffix(".png"), width=max(600, 420 * len(study.pairs)))
+            png = path.with_suffix(".png")
+            screenshot(path, png, width=max(600, 420 * len(study.pairs)))
+            written.add(png)
     delay = None
     if "commitment" in tables:
         delay = commitment_delay(tables["commitment"])
-        atomic_write_csv(out / "commitment_delay.csv", delay)
+        written.add(atomic_write_csv(out / "commitment_delay.csv", delay))
+    _remove_stale_outputs(out, written)
     claims = evaluate_claims(tables, study.labels(), seed=study.seed)
     atomic_write_csv(out / "claims.csv", claims)
     reports = {}
@@ -63,6 +74,17 @@ def write_study_outputs(study: StudySpec, *, pair_reports: bool = True) -> Path:
                     out / pair.label, runs, title=f"{study.name}: {pair.label}"
                 )
     return write_study_report(study, claims, figures, delay, reports)
+
+
+def _remove_stale_outputs(out: Path, written: set[Path]) -> None:
+    """Delete the study outputs (only names the study writes) that this call did not write."""
+    owned = [out / "commitment_delay.csv"]
+    owned += [out / TABLES_DIR / f"{name}.csv" for name in (*STUDY_TABLES, "graft_prompt_effects")]
+    for pattern in ("figure1_convergence*", "figure2_grafts.*"):
+        owned += list((out / "figures").glob(pattern))
+    for path in owned:
+        if path.is_file() and path not in written:
+            path.unlink()
 
 
 def write_study_report(

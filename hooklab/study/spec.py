@@ -54,7 +54,7 @@ from typing import Any
 from hooklab.config import Config
 from hooklab.errors import HooklabError
 from hooklab.experiment import get_experiment
-from hooklab.runs.spec import ExecutionSpec, PairSpec, PromptSpec, RunSpec
+from hooklab.runs.spec import ExecutionSpec, PairSpec, PromptSpec, RunSpec, check_lens
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -241,6 +241,7 @@ class StudySpec:
                 spec = self.run_spec(pair, experiment, histories=False)
                 try:
                     spec.kind.validate(spec.experiment_config(), n_layers)
+                    check_lens(getattr(spec.experiment_config(), "lens", None))
                 except HooklabError as error:
                     raise HooklabError(f"study pair {pair.label!r}: {error}") from None
             layers[pair.label] = n_layers
