@@ -112,7 +112,8 @@ class GraftConfig(Config):
         parse_lens_spec(self.lens)
         if not 0.0 < self.late_start_depth <= 1.0:  # NaN fails this too
             raise HooklabError(
-                f"late_start_depth={self.late_start_depth}: use a depth in (0, 1], e.g. 0.75."
+                f"late_start_depth={self.late_start_depth}: use a depth in (0, 1], e.g. "
+                f"{LATE_START_DEPTH} (the default)."
             )
 
 
