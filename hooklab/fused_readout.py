@@ -17,6 +17,7 @@ Which path runs is a :data:`BACKENDS` entry: ``HOOKLAB_READOUT=reference|fused|a
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -124,14 +125,37 @@ class _Kernels:
 _EAGER = _Kernels(_core, _compare, _own_final, _normalise)
 
 
+class _Compiled:
+    """A kernel through ``torch.compile`` (dynamic row counts: chunks and slices vary) that
+    falls back to the same function uncompiled, with a warning, if compiling it fails (no
+    compiler, an unsupported device): same numbers, only slower."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=True)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            return self.fn(*args)
+        try:
+            return self.compiled(*args)
+        except Exception as error:  # dynamo / inductor raise many types
+            if isinstance(error, torch.OutOfMemoryError):
+                raise
+            warnings.warn(
+                f"torch.compile of the fused readout's {self.fn.__name__} failed "
+                f"({type(error).__name__}: {str(error)[:200]}); running it uncompiled",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.compiled = None
+            return self.fn(*args)
+
+
 @cache
 def _compiled() -> _Kernels:
-    """The kernels through ``torch.compile`` (dynamic row counts: chunks and slices vary)."""
-
-    def compile_(fn: Callable[..., Any]) -> Callable[..., Any]:
-        return torch.compile(fn, dynamic=True)
-
-    return _Kernels(*(compile_(fn) for fn in (_core, _compare, _own_final, _normalise)))
+    """The kernels through ``torch.compile``, made once per process."""
+    return _Kernels(*(_Compiled(fn) for fn in (_core, _compare, _own_final, _normalise)))
 
 
 def _kernels(compiled: bool | None, device: torch.device) -> _Kernels:
