@@ -19,13 +19,12 @@ from jaxtyping import Bool, Float, Int
 
 from hooklab.architectures import model_device, read_logits
 from hooklab.forward import HookFn, residual_stream
+from hooklab.fused_readout import ReadoutBackend, choose_backend
 from hooklab.lens.base import Lens, LogitLens
 from hooklab.metric_specs import METRICS, metric_names
 from hooklab.metrics import (
     FinalDistribution,
     Workspace,
-    final_distribution,
-    layer_metrics,
     teacher_distribution,
 )
 from hooklab.types import Bridge
@@ -63,6 +62,7 @@ def read_lens(
     chunk_rows: int | None = None,
     workspace: Workspace | None = None,
     metrics: Sequence[str] = (),
+    backend: str | None = None,
 ) -> LensReadout:
     """Lens metrics of ``model`` on ``tokens`` (docs/definitions.md).
 
@@ -81,6 +81,9 @@ def read_lens(
             on the CPU.
         metrics: opt-in metrics to add (see :data:`hooklab.metric_specs.METRICS`), e.g.
             ``("js_to_final",)``.
+        backend: how each chunk's metrics are computed (:data:`hooklab.fused_readout.BACKENDS`):
+            ``"reference"``, ``"fused"`` or ``"auto"`` (fused on CUDA); default
+            ``$HOOKLAB_READOUT``, else ``"auto"``.
     """
     device = model_device(model)
     tokens = tokens.to(device)
@@ -98,6 +101,7 @@ def read_lens(
         chunk_rows=chunk_rows,
         workspace=workspace,
         metrics=metrics,
+        backend=backend,
     )
 
 
@@ -112,6 +116,7 @@ def read_residuals(
     chunk_rows: int | None = None,
     workspace: Workspace | None = None,
     metrics: Sequence[str] = (),
+    backend: str | None = None,
 ) -> LensReadout:
     """Lens metrics of an already computed residual stream (see :func:`read_lens`).
 
@@ -131,6 +136,7 @@ def read_residuals(
         chunk_rows=chunk_rows,
         workspace=workspace,
         metrics=metrics,
+        backend=backend,
     )[0]
 
 
@@ -146,6 +152,7 @@ def read_variants(
     chunk_rows: int | None = None,
     workspace: Workspace | None = None,
     metrics: Sequence[str] = (),
+    backend: str | None = None,
 ) -> list[LensReadout]:
     """Lens metrics of a residual stream and of variants of it that share its early layers.
 
@@ -164,8 +171,11 @@ def read_variants(
         teacher=None if teacher is None else (teacher[0], teacher[1].to(device)[read]),
     )
     plan = _plan(model, rows, [int(start) for start, _ in variants], chunk_rows, workspace, metrics)
+    kernels = choose_backend(device, backend)
     chunks = [
-        _read_chunk(model, lens or LogitLens(), rows, plan, start, min(start + plan.chunk, rows.n))
+        _read_chunk(
+            model, lens or LogitLens(), rows, plan, kernels, start, min(start + plan.chunk, rows.n)
+        )
         for start in range(0, rows.n, plan.chunk)
     ]
     read_cpu = read.cpu()
@@ -324,7 +334,13 @@ _Chunk = tuple[dict[str, torch.Tensor], torch.Tensor]  # name -> [n, layer] valu
 
 
 def _read_chunk(
-    model: Bridge, lens: Lens, rows: _Rows, plan: _Plan, start: int, stop: int
+    model: Bridge,
+    lens: Lens,
+    rows: _Rows,
+    plan: _Plan,
+    kernels: ReadoutBackend,
+    start: int,
+    stop: int,
 ) -> list[_Chunk]:
     """Every source's metrics at the positions ``start:stop`` of ``rows``, on the CPU.
 
@@ -353,17 +369,18 @@ def _read_chunk(
                 for j, (source, layer) in enumerate(jobs):
                     block = logits[j * n + a : j * n + b]
                     if layer == last:  # final layers come first, in source order
-                        finals[source, a] = final_distribution(
+                        finals[source, a] = kernels.final_distribution(
                             block, workspace, slot=source, offset=a
                         )
                     readers = plan.readers(source, layer)
-                    results = layer_metrics(
+                    results = kernels.layer_metrics(
                         block,
                         [finals[reader, a] for reader in readers],
                         None if targets is None else targets[a:b],
                         workspace,
                         teacher_logprobs=None if teacher is None else teacher[a:b],
                         extra=plan.extra,
+                        own_final=layer == last,
                     )
                     mask = None if has_target is None else has_target[a:b]
                     for reader, result in zip(readers, results, strict=True):

@@ -60,3 +60,21 @@ def test_study_pair_benchmark_agrees_with_transformer_lens(mode):
     assert "CHECK FAILED" not in out
     difference = float(re.search(r"kl_to_final (\S+),", out).group(1))
     assert difference <= 1e-5
+
+
+def test_gpu_suite_smoke_runs_every_part_on_the_cpu(tmp_path):
+    """benchmarks/gpu_suite.py --smoke: the device script's every part at toy shapes, so that
+    the one command a GPU machine gets cannot rot between loans."""
+    import json
+
+    _run("gpu_suite.py", "--smoke", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "gpu_suite.json").read_text())
+    parts = [results[shape][part] for shape in ("gemma3-4b", "deepseek-v2-lite")
+             for part in ("build", "readout", "graft", "behave")] + [results["study"]]  # fmt: skip
+    assert not [part for part in parts if "error" in part or "skipped" in part], parts
+    for shape in ("gemma3-4b", "deepseek-v2-lite"):
+        assert max(results[shape]["readout"]["max_difference"].values()) <= 1e-4
+        assert results[shape]["graft"]["max_difference"] <= 1e-5
+    assert {run["experiment"] for run in results["study"]["runs"]} == {"readout", "graft"}
+    table = (tmp_path / "gpu_suite.md").read_text()
+    assert "| gemma3-4b | readout | fused |" in table and "| study | graft |" in table
