@@ -10,6 +10,7 @@ the permissions an ordinary ``open(path, "w")`` would give it (``0o666`` less th
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "file_sha256",
     "atomic_write",
     "atomic_write_text",
     "atomic_write_csv",
@@ -117,3 +119,12 @@ def clean_stale_temporaries(folder: str | Path, own_prefixes: Sequence[str] | No
         finally:
             os.close(fd)
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

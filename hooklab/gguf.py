@@ -17,13 +17,13 @@ folder and renamed, so an interrupted conversion leaves nothing half-made behind
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from hooklab.atomic import file_sha256
 from hooklab.errors import CheckpointUnavailableError, HooklabError
 
 __all__ = ["GGUF_SUFFIX", "CONVERSION_RECORD", "find_gguf", "cache_root", "convert_gguf"]
@@ -55,14 +55,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("HOOKLAB_CACHE") or Path.home() / ".cache" / "hooklab")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _versions() -> tuple[str, str]:
     from importlib import metadata
 
@@ -83,7 +75,7 @@ def convert_gguf(file: Path, *, argument: str = "model") -> Path:
         CheckpointUnavailableError: the file is not a GGUF file transformers can read.
     """
     transformers_version, gguf_version = _versions()
-    sha = _sha256(file)
+    sha = file_sha256(file)
     folder = cache_root() / "gguf" / f"{sha[:16]}-{transformers_version}-{gguf_version}"
     if (folder / CONVERSION_RECORD).is_file():
         return folder

@@ -73,3 +73,22 @@ def fetch_split_gguf(parts: tuple[tuple[str, str, str], ...], name: str, sha256:
     for piece in pieces:
         piece.unlink()
     return target
+
+
+def plain_hf_greedy(model, ids: list[int], max_new_tokens: int, stops: list[int]) -> list[int]:
+    """A plain Hugging Face model's greedy continuation of ``ids`` up to its first stop token
+    (kept): the reference hooklab's histories must equal."""
+    import torch
+
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=stops[0],
+        )
+    new = out[0, len(ids) :].tolist()
+    return new[: next((i + 1 for i, t in enumerate(new) if t in stops), len(new))]

@@ -131,6 +131,7 @@ def test_embedded_pair_histories_are_plain_hugging_face_greedy_decoding():
     from hooklab.graft.histories import make_histories
     from hooklab.pair import embedded_pair_folder
     from hooklab.prompts import chat_prompt_ids, load_prompts, stop_token_ids
+    from tests.real_models import plain_hf_greedy
 
     pair = hooklab.load_pair("tiny", device="cpu")
     prompts = load_prompts("builtin")[:4]
@@ -139,17 +140,6 @@ def test_embedded_pair_histories_are_plain_hugging_face_greedy_decoding():
     stops = stop_token_ids(pair.tokenizer)
     for prompt, history in zip(prompts, histories, strict=True):
         ids = chat_prompt_ids(pair.tokenizer, prompt.text)
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            out = plain.generate(
-                input_ids=x,
-                attention_mask=torch.ones_like(x),
-                do_sample=False,
-                max_new_tokens=12,
-                eos_token_id=stops,
-                pad_token_id=stops[0],
-            )
-        want = out[0, len(ids) :].tolist()
-        want = want[: next((i + 1 for i, t in enumerate(want) if t in stops), len(want))]
+        want = plain_hf_greedy(plain, ids, 12, stops)
         assert list(history.tokens) == ids + want, prompt.id
     assert len({h.tokens[h.read_from :] for h in histories}) > 1  # the 5.24 bug: one for all

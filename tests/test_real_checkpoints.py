@@ -30,6 +30,7 @@ from hooklab.pair import check_adapter_on, check_generation_on
 from hooklab.parity import check_parity, probe_tokens
 from hooklab.prompts import Prompt, chat_prompt_ids, stop_token_ids
 from hooklab.readout import ReadoutConfig, run_readout
+from tests.real_models import plain_hf_greedy
 
 pytestmark = pytest.mark.canary  # .ci/canary runs these on the newest and oldest transformers
 
@@ -112,18 +113,7 @@ def test_it_histories_are_plain_hugging_face_greedy_decoding(pair, hf_it):
     responses = set()
     for prompt, history in zip(PROMPTS, histories, strict=True):
         ids = chat_prompt_ids(pair.tokenizer, prompt.text)
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            out = hf_it.generate(
-                input_ids=x,
-                attention_mask=torch.ones_like(x),
-                do_sample=False,
-                max_new_tokens=12,
-                eos_token_id=stops,
-                pad_token_id=stops[0],
-            )
-        want = out[0, len(ids) :].tolist()
-        want = want[: next((i + 1 for i, t in enumerate(want) if t in stops), len(want))]
+        want = plain_hf_greedy(hf_it, ids, 12, stops)
         assert list(history.tokens) == ids + want, prompt.id
         responses.add(tuple(want))
     assert len(responses) == len(PROMPTS)  # two prompts, two responses (the 5.24 bug: one)

@@ -10,7 +10,6 @@ marker, and a restart redoes that part. Nothing half-written is ever merged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from hooklab.atomic import atomic_write, clean_stale_temporaries
+from hooklab.atomic import atomic_write, clean_stale_temporaries, file_sha256
 from hooklab.errors import HooklabError
 
 __all__ = ["PromptPart", "plan_parts", "select_shard", "parse_shard", "PartStore"]
@@ -66,14 +65,6 @@ def select_shard(parts: Sequence[PromptPart], shard: tuple[int, int]) -> list[Pr
     return [part for part in parts if part.index % count == index]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class PartStore:
     """The ``parts/`` folder of a run."""
 
@@ -93,7 +84,8 @@ class PartStore:
             info = json.loads(marker.read_text())
         except (json.JSONDecodeError, OSError):
             return None
-        if info.get("prompt_ids") != list(part.prompt_ids) or info.get("sha256") != _sha256(table):
+        same_prompts = info.get("prompt_ids") == list(part.prompt_ids)
+        if not same_prompts or info.get("sha256") != file_sha256(table):
             return None
         return info
 
@@ -109,7 +101,7 @@ class PartStore:
             **asdict(part),
             "prompt_ids": list(part.prompt_ids),
             "n_rows": len(frame),
-            "sha256": _sha256(table),
+            "sha256": file_sha256(table),
         }
         atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
