@@ -84,7 +84,9 @@ def run_demo(
         )
     )
     views = _token_views(pair, readout_dir, out / "token_views")
-    name = pair_spec.name or f"{pair_spec.pt} / {pair_spec.it}"
+    name = {"tiny": "the embedded PT/IT pair"}.get(
+        str(pair_spec.name), pair_spec.name or f"PT {pair_spec.pt}, IT {pair_spec.it}"
+    )
     report = write_report(
         out, [readout_dir, graft_dir], token_views=views, title=f"hooklab demo: {name}"
     )

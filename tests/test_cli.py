@@ -59,6 +59,7 @@ def test_demo_runs_the_main_job_on_the_embedded_pair(tmp_path, capsys):
     assert "DIFFER" not in captured.err
     assert "late random graft it-to-pt" in printed and "report.html" in printed
     report = (tmp_path / "report.html").read_text()
+    assert "hooklab demo: the embedded PT/IT pair" in report
     for name in ("convergence", "commitment", "heatmap", "graft_effects"):
         assert (
             f"figures/{name}.html" in report and (tmp_path / "figures" / f"{name}.html").is_file()
@@ -108,6 +109,7 @@ def test_demo_runs_on_any_pair_given_as_pt_and_it(tiny_pair, tmp_path, capsys):
     assert "late module graft it-to-pt" in captured.out
     assert "locked versions" not in captured.out + captured.err  # no shipped numbers to compare
     assert (tmp_path / "report.html").is_file() and (tmp_path / "graft" / "effects.csv").is_file()
+    assert f"hooklab demo: PT {tiny.pt}, IT {tiny.it}" in (tmp_path / "report.html").read_text()
 
 
 def test_parity_labels_the_softcap_as_a_value_and_names_its_temporary_folder(monkeypatch, capsys):
