@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,6 +16,7 @@ from hooklab.behaviour import (
     cache_key,
 )
 from hooklab.errors import HooklabError
+from tests.judge_server import canned_server
 
 RUBRIC = Rubric(
     name="helpfulness",
@@ -26,43 +25,6 @@ RUBRIC = Rubric(
 )
 YES_NO = Rubric("refuses", "1", "Does this refuse? {prompt} -> {response}. yes or no", "yes/no")
 GEN = Generation(prompt_id="p", category="factual", prompt_text="Capital of Peru?", text="Lima.")
-
-
-class _Server:
-    """A canned chat-completions server on 127.0.0.1 (port 0): replies are popped in order."""
-
-    def __init__(self, replies: list[tuple[int, bytes]]):
-        self.replies, self.requests = list(replies), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers["Content-Length"])
-                outer.requests.append(
-                    {"path": self.path, "headers": dict(self.headers),
-                     "body": json.loads(self.rfile.read(length))}
-                )  # fmt: skip
-                status, body = outer.replies.pop(0)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/chat/completions"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def completion(content) -> tuple[int, bytes]:
@@ -88,7 +50,7 @@ def test_rubric_parse_rules():
 
 def test_http_judge_request_score_and_cache_hit(tmp_path, monkeypatch):
     monkeypatch.setenv("HOOKLAB_TEST_KEY", "sk-test")
-    with _Server([completion("4")]) as server:
+    with canned_server([completion("4")]) as server:
         judge = HTTPJudge(server.url, "judge-model", api_key_env="HOOKLAB_TEST_KEY", backoff=0)
         assert isinstance(judge, Judge) and judge.id == "http:judge-model"
         cache = JudgeCache(tmp_path / "cache.jsonl")
@@ -126,7 +88,7 @@ def test_cache_key_separates_text_judge_and_rubric_version():
 
 
 def test_http_judge_unparsable_reply_is_none_and_cached(tmp_path):
-    with _Server([completion("It is quite helpful.")]) as server:
+    with canned_server([completion("It is quite helpful.")]) as server:
         cache = JudgeCache(tmp_path / "c.jsonl")
         judge = HTTPJudge(server.url, "m")
         assert cache.score(judge, GEN, RUBRIC) is None
@@ -138,26 +100,26 @@ def test_http_judge_unparsable_reply_is_none_and_cached(tmp_path):
     [(200, b"not json"), (200, b'{"choices": []}'), completion(None), (200, b'{"error": "x"}')],
 )
 def test_http_judge_malformed_reply_raises(reply):
-    with _Server([reply]) as server:
+    with canned_server([reply]) as server:
         with pytest.raises(HooklabError, match="malformed reply"):
             HTTPJudge(server.url, "m").score(GEN, RUBRIC)
 
 
 def test_http_judge_retries_server_errors_then_gives_up():
-    with _Server([(503, b"busy"), completion("yes")]) as server:
+    with canned_server([(503, b"busy"), completion("yes")]) as server:
         assert HTTPJudge(server.url, "m", retries=1, backoff=0).score(GEN, YES_NO) == 1.0
         assert len(server.requests) == 2
-    with _Server([(503, b"busy"), (503, b"still busy")]) as server:
+    with canned_server([(503, b"busy"), (503, b"still busy")]) as server:
         with pytest.raises(HooklabError, match="HTTP 503 after 2 attempt"):
             HTTPJudge(server.url, "m", retries=1, backoff=0).score(GEN, YES_NO)
-    with _Server([(401, b"bad key"), completion("yes")]) as server:  # not retried
+    with canned_server([(401, b"bad key"), completion("yes")]) as server:  # not retried
         with pytest.raises(HooklabError, match="HTTP 401 after 1 attempt"):
             HTTPJudge(server.url, "m", retries=3, backoff=0).score(GEN, YES_NO)
         assert len(server.requests) == 1
 
 
 def test_http_judge_connection_failure_and_missing_key(monkeypatch):
-    with _Server([]) as server:
+    with canned_server([]) as server:
         url = server.url
     with pytest.raises(HooklabError, match="no reply after 2 attempt"):
         HTTPJudge(url, "m", retries=1, backoff=0, timeout=2).score(GEN, YES_NO)

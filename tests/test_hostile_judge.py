@@ -10,12 +10,12 @@ import json
 import threading
 import time
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from hooklab.behaviour import Generation, HTTPJudge, JudgeCache, LocalHFJudge, Rubric, cache_key
 from hooklab.errors import HooklabError
+from tests.judge_server import LocalServer, reply
 
 RUBRIC = Rubric("helpfulness", "1", "Rate 1-5: {prompt} -> {response}")
 GEN = Generation(prompt_id="p", category="factual", prompt_text="Capital of Peru?", text="Lima.")
@@ -27,61 +27,13 @@ def _completion(content: str) -> bytes:
     return json.dumps({"choices": [{"message": message}]}).encode()
 
 
-class _Server:
-    """A server on 127.0.0.1 whose ``handle(handler)`` answers each request (any method)."""
-
-    def __init__(self, handle):
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 5  # a handler never waits on the client for longer
-
-            def _any(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                outer.requests.append(
-                    {"method": self.command, "path": self.path, "headers": dict(self.headers)}
-                )
-                handle(self)
-
-            do_GET = do_POST = _any
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.url = f"{self.origin}/v1/chat/completions"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _reply(handler, status: int, body: bytes, **headers) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    for name, value in headers.items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 # ---------------------------------------------------------------- 7: redirects
 
 
 def test_cross_origin_redirect_is_refused_and_gets_no_key(monkeypatch):
     monkeypatch.setenv("HOOKLAB_TEST_KEY", KEY)
-    with _Server(lambda h: _reply(h, 200, _completion("1"))) as evil:
-        with _Server(lambda h: _reply(h, 302, b"", Location=evil.url)) as judge_server:
+    with LocalServer(lambda h: reply(h, 200, _completion("1"))) as evil:
+        with LocalServer(lambda h: reply(h, 302, b"", Location=evil.url)) as judge_server:
             judge = HTTPJudge(judge_server.url, "m", api_key_env="HOOKLAB_TEST_KEY", backoff=0)
             with pytest.raises(HooklabError, match="redirect to another origin") as caught:
                 judge.score(GEN, RUBRIC)
@@ -94,11 +46,11 @@ def test_same_origin_redirect_is_followed(monkeypatch):
 
     def handle(h):
         if h.path == "/old":
-            _reply(h, 307, b"", Location="/v1/chat/completions")
+            reply(h, 307, b"", Location="/v1/chat/completions")
         else:
-            _reply(h, 200, _completion("4"))
+            reply(h, 200, _completion("4"))
 
-    with _Server(handle) as server:
+    with LocalServer(handle) as server:
         judge = HTTPJudge(f"{server.origin}/old", "m", api_key_env="HOOKLAB_TEST_KEY")
         with pytest.raises(HooklabError):  # urllib does not re-POST a 307: refused, not GET
             judge.score(GEN, RUBRIC)
@@ -125,7 +77,7 @@ def test_timeout_bounds_the_whole_request_not_each_read():
             except OSError:
                 return
 
-    with _Server(drip) as server:
+    with LocalServer(drip) as server:
         start = time.monotonic()
         try:
             with pytest.raises(HooklabError, match="no reply after 1 attempt"):
@@ -151,7 +103,7 @@ def test_a_huge_reply_is_refused_without_reading_it_whole(tmp_path):
             pass
 
     for announce in (True, False):
-        with _Server(lambda h, a=announce: huge(h, a)) as server:
+        with LocalServer(lambda h, a=announce: huge(h, a)) as server:
             cache = JudgeCache(tmp_path / f"c{announce}.jsonl")
             tracemalloc.start()
             try:
@@ -175,7 +127,7 @@ def test_cache_key_holds_the_endpoint_and_max_tokens(tmp_path):
             HTTPJudge(server.url, "m", max_tokens=1),
         ]
 
-    with _Server(lambda h: _reply(h, 200, _completion("4"))) as server:
+    with LocalServer(lambda h: reply(h, 200, _completion("4"))) as server:
         cache = JudgeCache(tmp_path / "c.jsonl")
         for judge in judges(server):
             assert cache.score(judge, GEN, RUBRIC) == 4.0
@@ -228,8 +180,8 @@ def test_a_cached_score_the_rubric_cannot_give_is_refused(tmp_path, score):
 
 
 def test_a_reply_with_line_separators_keeps_the_cache_readable(tmp_path):
-    reply = "4\x85 next\u2028line\x0cfeed\x1c"
-    with _Server(lambda h: _reply(h, 200, _completion(reply))) as server:
+    text = "4\x85 next\u2028line\x0cfeed\x1c"
+    with LocalServer(lambda h: reply(h, 200, _completion(text))) as server:
         judge = HTTPJudge(server.url, "m")
         assert JudgeCache(tmp_path / "c.jsonl").score(judge, GEN, RUBRIC) == 4.0
     reopened = JudgeCache(tmp_path / "c.jsonl")
@@ -241,9 +193,9 @@ def test_the_api_key_never_appears_in_an_error(monkeypatch, status):
     monkeypatch.setenv("HOOKLAB_TEST_KEY", KEY)
 
     def echo(h):  # echoes the request headers back, as some proxies' error pages do
-        _reply(h, status, json.dumps(dict(h.headers)).encode())
+        reply(h, status, json.dumps(dict(h.headers)).encode())
 
-    with _Server(echo) as server:
+    with LocalServer(echo) as server:
         judge = HTTPJudge(server.url, "m", api_key_env="HOOKLAB_TEST_KEY", retries=0)
         with pytest.raises(HooklabError) as caught:
             judge.score(GEN, RUBRIC)
