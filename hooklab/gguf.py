@@ -25,6 +25,7 @@ from pathlib import Path
 
 from hooklab.atomic import file_sha256
 from hooklab.errors import CheckpointUnavailableError, HooklabError
+from hooklab.versions import NOT_INSTALLED, library_versions
 
 __all__ = ["GGUF_SUFFIX", "CONVERSION_RECORD", "find_gguf", "cache_root", "convert_gguf"]
 
@@ -56,16 +57,14 @@ def cache_root() -> Path:
 
 
 def _versions() -> tuple[str, str]:
-    from importlib import metadata
-
-    try:
-        gguf_version = metadata.version("gguf")
-    except metadata.PackageNotFoundError:
+    """transformers' and gguf's versions (their dequantisation is what a cache folder holds)."""
+    versions = library_versions(("transformers", "gguf"))
+    if versions["gguf"] == NOT_INSTALLED:
         raise HooklabError(
             "reading a GGUF file needs the 'gguf' package, which hooklab's install brings; "
             "reinstall hooklab (pip install -e .) or pip install gguf."
-        ) from None
-    return metadata.version("transformers"), gguf_version
+        )
+    return versions["transformers"], versions["gguf"]
 
 
 def convert_gguf(file: Path, *, argument: str = "model") -> Path:

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from importlib import metadata
 
-__all__ = ["RECORDED", "STACK", "library_versions", "stack_versions"]
+__all__ = ["RECORDED", "STACK", "NOT_INSTALLED", "library_versions", "stack_versions"]
 
 #: Every library whose version a run records.
 RECORDED = ("hooklab", "torch", "transformers", "transformer-lens", "numpy", "pandas", "pyarrow")
+
+#: The version recorded for a distribution that is not installed.
+NOT_INSTALLED = "not installed"
 
 #: The libraries whose internals hooklab touches (their versions decide its numbers).
 STACK = ("torch", "transformers", "transformer-lens")
 
 
 def library_versions(names: tuple[str, ...] = RECORDED) -> dict[str, str]:
-    """``{name: version}`` of installed distributions (``"not installed"`` for missing ones)."""
+    """``{name: version}`` of installed distributions (:data:`NOT_INSTALLED` for missing ones)."""
     versions = {}
     for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+            versions[name] = NOT_INSTALLED
     return versions
 
 
